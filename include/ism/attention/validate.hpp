@@ -1,0 +1,119 @@
+#pragma once
+// Argument checks shared by every attention entry point. They run before any
+// output is touched, so a call that throws writes nothing.
+#include <cmath>
+#include <cstdint>
+
+#include "ism/attention/options.hpp"
+#include "ism/core/errors.hpp"
+#include "ism/core/views.hpp"
+#include "ism/mask/dense.hpp"
+
+namespace ism {
+
+// The checked, resolved shape of one attention call.
+struct AttentionShape {
+  index_t n_q = 0;       // query rows
+  index_t n_k = 0;       // cached keys
+  index_t q_heads = 0;
+  index_t kv_heads = 0;
+  index_t group = 1;     // query heads per KV head (GQA / MQA)
+  index_t dim = 0;
+  index_t q_offset = 0;  // absolute position of query row 0
+  float scale = 1.f;
+};
+
+namespace detail {
+
+// Byte range [first, last) a view touches; checks that it is addressable.
+struct ByteSpan {
+  std::uintptr_t first = 0, last = 0;
+  bool empty() const { return last <= first; }
+  bool overlaps(const ByteSpan& o) const { return !empty() && !o.empty() && first < o.last && o.first < last; }
+};
+
+template <class T>
+ByteSpan check_view(const char* where, const char* name, const HeadsView<T>& v) {
+  if (v.tokens < 0) fail(where, name, ".tokens = ", v.tokens, " is negative");
+  if (v.heads <= 0) fail(where, name, ".heads = ", v.heads, " must be positive");
+  if (v.dim <= 0) fail(where, name, ".dim = ", v.dim, " must be positive");
+  if (v.token_stride < 0) fail(where, name, ".token_stride = ", v.token_stride, " is negative");
+  if (v.head_stride < 0) fail(where, name, ".head_stride = ", v.head_stride, " is negative");
+  if (v.tokens == 0) return {};
+  if (v.data == nullptr)
+    fail(where, name, ".data is null with ", name, ".tokens = ", v.tokens, ", ", name, ".heads = ", v.heads,
+         ", ", name, ".dim = ", v.dim);
+  // Largest element offset; it must fit in index_t and in the address space.
+  index_t a = 0, b = 0, last = 0;
+  if (mul_overflows(v.tokens - 1, v.token_stride, &a) || mul_overflows(v.heads - 1, v.head_stride, &b) ||
+      add_overflows(a, b, &last) || add_overflows(last, v.dim, &last) ||
+      mul_overflows(last, static_cast<index_t>(sizeof(T)), &last))
+    fail(where, name, " spans more than 2^63 bytes (tokens = ", v.tokens, ", heads = ", v.heads,
+         ", dim = ", v.dim, ", token_stride = ", v.token_stride, ", head_stride = ", v.head_stride, ")");
+  const auto first = reinterpret_cast<std::uintptr_t>(v.data);
+  std::uintptr_t end = 0;
+  if (__builtin_add_overflow(first, static_cast<std::uintptr_t>(last), &end))
+    fail(where, name, " runs past the end of the address space");
+  return {first, end};
+}
+
+}  // namespace detail
+
+// Checks every argument of an attention call; throws ism::invalid_argument
+// naming the argument and its value. Out must not overlap q, k, v or lse
+// (checked on the byte ranges the views span).
+template <class Q, class KV, class O, class Mask>
+AttentionShape check_attention(const char* where, const HeadsView<Q>& q, const HeadsView<KV>& k,
+                               const HeadsView<KV>& v, const HeadsView<O>& out, const Mask& mask,
+                               const AttentionOptions& opt) {
+  using detail::fail;
+  const auto sq = detail::check_view(where, "q", q);
+  const auto sk = detail::check_view(where, "k", k);
+  const auto sv = detail::check_view(where, "v", v);
+  const auto so = detail::check_view(where, "out", out);
+  if (k.dim != q.dim) fail(where, "k.dim = ", k.dim, " differs from q.dim = ", q.dim);
+  if (v.dim != q.dim) fail(where, "v.dim = ", v.dim, " differs from q.dim = ", q.dim);
+  if (out.dim != q.dim) fail(where, "out.dim = ", out.dim, " differs from q.dim = ", q.dim);
+  if (v.tokens != k.tokens) fail(where, "v.tokens = ", v.tokens, " differs from k.tokens = ", k.tokens);
+  if (out.tokens != q.tokens) fail(where, "out.tokens = ", out.tokens, " differs from q.tokens = ", q.tokens);
+  if (v.heads != k.heads) fail(where, "v.heads = ", v.heads, " differs from k.heads = ", k.heads);
+  if (out.heads != q.heads) fail(where, "out.heads = ", out.heads, " differs from q.heads = ", q.heads);
+  if (q.heads % k.heads != 0)
+    fail(where, "q.heads = ", q.heads, " is not a multiple of k.heads = ", k.heads);
+  if (opt.threads < 0) fail(where, "options.threads = ", opt.threads, " is negative");
+  if (!std::isfinite(opt.scale)) fail(where, "options.scale = ", opt.scale, " is not finite");
+  if (opt.q_offset < -1) fail(where, "options.q_offset = ", opt.q_offset, " is negative (use -1 for the default)");
+
+  AttentionShape s;
+  s.n_q = q.tokens;
+  s.n_k = k.tokens;
+  s.q_heads = q.heads;
+  s.kv_heads = k.heads;
+  s.group = q.heads / k.heads;
+  s.dim = q.dim;
+  s.q_offset = opt.q_offset;
+  if (s.q_offset == -1) {
+    s.q_offset = k.tokens - q.tokens;
+    if (s.q_offset < 0)
+      fail(where, "q.tokens = ", q.tokens, " exceeds k.tokens = ", k.tokens,
+           " (the default q_offset = k.tokens - q.tokens would be negative; pass options.q_offset)");
+  }
+  detail::check_window(where, mask, s.n_q, s.n_k, s.q_offset);
+  s.scale = opt.scale != 0.f ? opt.scale : 1.f / std::sqrt(static_cast<float>(s.dim));
+
+  if (so.overlaps(sq)) fail(where, "out overlaps q (in-place attention is not supported)");
+  if (so.overlaps(sk)) fail(where, "out overlaps k");
+  if (so.overlaps(sv)) fail(where, "out overlaps v");
+  if (opt.lse != nullptr && s.n_q > 0) {
+    index_t n = 0;
+    if (detail::mul_overflows(s.q_heads, s.n_q, &n) || detail::mul_overflows(n, index_t(sizeof(float)), &n))
+      fail(where, "options.lse size q.heads * q.tokens overflows");
+    const auto first = reinterpret_cast<std::uintptr_t>(opt.lse);
+    const detail::ByteSpan sl{first, first + static_cast<std::uintptr_t>(n)};
+    if (sl.overlaps(so)) fail(where, "options.lse overlaps out");
+    if (sl.overlaps(sq) || sl.overlaps(sk) || sl.overlaps(sv)) fail(where, "options.lse overlaps an input");
+  }
+  return s;
+}
+
+}  // namespace ism

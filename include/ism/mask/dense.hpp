@@ -1,0 +1,66 @@
+#pragma once
+// Materialisers: a mask as a dense Eigen matrix (for tests, for frameworks that
+// want an additive mask) and as compact per-row bounds.
+#include <Eigen/Core>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "ism/core/errors.hpp"
+#include "ism/mask/tiles.hpp"
+
+namespace ism {
+
+template <class Scalar>
+using DenseMask = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+namespace detail {
+template <class Mask>
+void check_window(const char* where, const Mask& mask, index_t n_q, index_t n_k, index_t q_offset) {
+  if (n_q < 0) fail(where, "n_q = ", n_q, " is negative");
+  if (n_k < 0) fail(where, "n_k = ", n_k, " is negative");
+  if (q_offset < 0) fail(where, "q_offset = ", q_offset, " is negative");
+  index_t q_end = 0;
+  if (add_overflows(q_offset, n_q, &q_end)) fail(where, "q_offset + n_q overflows: ", q_offset, " + ", n_q);
+  if (mask.length() != unbounded) {
+    if (q_end > mask.length())
+      fail(where, "query rows [", q_offset, ", ", q_end, ") (q_offset = ", q_offset, ", n_q = ", n_q,
+           ") exceed the layout length ", mask.length());
+    if (n_k > mask.length()) fail(where, "n_k = ", n_k, " exceeds the layout length ", mask.length());
+  }
+}
+}  // namespace detail
+
+// Row r is query position q_offset + r, column c is key position c.
+// bool: true where visible. Floating (float, double, Eigen::half,
+// Eigen::bfloat16): 0 where visible, -infinity elsewhere (an additive mask).
+template <class Scalar, class Mask>
+DenseMask<Scalar> dense_mask(const Mask& mask, index_t n_q, index_t n_k, index_t q_offset = 0) {
+  detail::check_window("ism::dense_mask", mask, n_q, n_k, q_offset);
+  Scalar visible, hidden;
+  if constexpr (std::is_same_v<Scalar, bool>) {
+    visible = true;
+    hidden = false;
+  } else {
+    visible = Scalar(0.0f);
+    hidden = Scalar(-std::numeric_limits<float>::infinity());
+  }
+  DenseMask<Scalar> m(n_q, n_k);
+  for (index_t r = 0; r < n_q; ++r) {
+    const KeyRange keys = visible_keys(mask, q_offset + r, n_k);
+    for (index_t c = 0; c < n_k; ++c) m(r, c) = keys.contains(c) ? visible : hidden;
+  }
+  return m;
+}
+
+// Compact export: the visible [begin, end) of each query row (empty rows are
+// {x, x}). This is the O(N) form kernels and other libraries consume.
+template <class Mask>
+std::vector<KeyRange> row_bounds(const Mask& mask, index_t n_q, index_t n_k, index_t q_offset = 0) {
+  detail::check_window("ism::row_bounds", mask, n_q, n_k, q_offset);
+  std::vector<KeyRange> out(static_cast<size_t>(n_q));
+  for (index_t r = 0; r < n_q; ++r) out[static_cast<size_t>(r)] = visible_keys(mask, q_offset + r, n_k);
+  return out;
+}
+
+}  // namespace ism
