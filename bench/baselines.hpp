@@ -74,6 +74,35 @@ struct AttentionData {
 };
 
 // ---------------------------------------------------------------------------
+// The mask kinds of the standard cases
+
+// ISM over [0, n) cut into `segments` equal segments (the last one takes the
+// remainder), alternating query (Bidirectional) and answer (Causal).
+inline SegmentMask equal_ism_mask(index_t n, index_t segments) {
+  std::vector<index_t> b{0};
+  for (index_t s = 1; s < segments; ++s) b.push_back(n * s / segments);
+  b.push_back(n);
+  return ism_mask(b);
+}
+
+// Mask kinds by name: "none" (ism::full_mask), "causal", "prefix" (prefix-LM
+// with P = n/2) and "ismS" (ISM with S equal segments, e.g. "ism16"). Calls
+// f(mask) with the concrete mask type, so each kind runs its own instantiation.
+template <class F>
+void with_mask(const std::string& kind, index_t n, F&& f) {
+  if (kind == "none") f(full_mask());
+  else if (kind == "causal") f(causal_mask());
+  else if (kind == "prefix") f(prefix_mask(n / 2));
+  else if (kind.rfind("ism", 0) == 0 && kind.size() > 3) f(equal_ism_mask(n, std::stoll(kind.substr(3))));
+  else detail::fail("ism::bench::with_mask", "unknown mask kind '", kind, "'");
+}
+
+inline const std::vector<std::string>& standard_mask_kinds() {
+  static const std::vector<std::string> kinds{"none", "causal", "prefix", "ism4", "ism16", "ism64"};
+  return kinds;
+}
+
+// ---------------------------------------------------------------------------
 // Mask statistics and counters
 
 template <class Mask>
