@@ -13,6 +13,8 @@
 #include "ism/core/element.hpp"
 #include "ism/core/errors.hpp"
 #include "ism/core/views.hpp"
+#include "ism/dialogue/chunking.hpp"
+#include "ism/dialogue/dialogue.hpp"
 #include "ism/mask/dense.hpp"
 #include "ism/mask/segment.hpp"
 #include "ism/mask/segment_mask.hpp"

@@ -1,0 +1,184 @@
+#pragma once
+// Dialogue: the mask and KV-cache bookkeeping of one conversation, for an
+// inference engine that should not have to think about masks.
+//
+// The engine describes the conversation as it happens (system prompt, user
+// query, answer tokens, next query, ...), and asks, whenever it is about to run
+// attention, for the one call that brings its cache up to date: which leading
+// cached tokens stay valid (their K/V and outputs are reused), which rows must be
+// computed, the mask and the q_offset. After computing, it commits.
+//
+// Reuse is never assumed from the mask's name: the dialogue remembers the key
+// interval every committed row was computed with and compares it with the
+// current mask. Under ISM appending a turn changes no earlier row, so everything
+// stays cached; under a multi-turn prefix-LM (prefix = whole history up to the
+// current answer) every new query widens the prefix, so row 0 changes and the
+// dialogue reports no reuse at all.
+#include <cstdint>
+#include <vector>
+
+#include "ism/attention/options.hpp"
+#include "ism/core/errors.hpp"
+#include "ism/mask/segment_mask.hpp"
+
+namespace ism {
+
+// The mask a Dialogue hands to attention, over the same script of turns.
+enum class DialogueMask : std::uint8_t {
+  Ism,                // system prompt and queries Bidirectional, answers Causal
+  MultiTurnPrefixLM,  // Bidirectional over all history up to the current answer, Causal after
+  Causal,             // every token Causal
+};
+
+inline const char* to_string(DialogueMask m) {
+  return m == DialogueMask::Ism ? "ISM" : m == DialogueMask::Causal ? "causal" : "prefix-LM";
+}
+
+// The attention call that brings a cache up to date: keys [0, n_k), query rows
+// at absolute positions [q_offset, q_offset + n_q), of which the first
+// `reused` keys come from the cache unchanged.
+struct DialogueStep {
+  index_t reused = 0;
+  index_t q_offset = 0;  // == reused: every row after the valid prefix is recomputed
+  index_t n_q = 0;
+  index_t n_k = 0;       // == q_offset + n_q
+  // `base` with q_offset set for this step.
+  AttentionOptions options(AttentionOptions base = {}) const {
+    base.q_offset = q_offset;
+    return base;
+  }
+};
+
+class Dialogue {
+ public:
+  explicit Dialogue(DialogueMask kind = DialogueMask::Ism) : kind_(kind) {}
+
+  // --- the script --------------------------------------------------------
+  // Optional, and only as the very first turn: a Bidirectional segment.
+  Dialogue& system_prompt(index_t n) {
+    check_positive("ism::Dialogue::system_prompt", "n", n);
+    if (length() != 0)
+      detail::fail("ism::Dialogue::system_prompt", "the dialogue already holds ", length(),
+                   " tokens; the system prompt must come first");
+    turns_.append({n, Attend::Bidirectional});
+    has_system_ = true;
+    grow_mask(n, /*new_query=*/true);
+    return *this;
+  }
+  // A user query of n tokens (one Bidirectional segment); starts the next round.
+  Dialogue& add_query(index_t n) {
+    check_positive("ism::Dialogue::add_query", "n", n);
+    turns_.append({n, Attend::Bidirectional});
+    ++rounds_;
+    grow_mask(n, /*new_query=*/true);
+    return *this;
+  }
+  // n answer tokens (Causal) of the current round: one at a time while decoding,
+  // or a chunk (a forced or speculated continuation).
+  Dialogue& append_answer(index_t n = 1) {
+    check_positive("ism::Dialogue::append_answer", "n", n);
+    if (rounds_ == 0)
+      detail::fail("ism::Dialogue::append_answer", "no query to answer yet (call add_query first)");
+    if (turns_.spans().back().attend == Attend::Causal) turns_.extend_last(n);
+    else turns_.append({n, Attend::Causal});
+    grow_mask(n, /*new_query=*/false);
+    return *this;
+  }
+
+  DialogueMask kind() const { return kind_; }
+  index_t length() const { return turns_.length(); }
+  index_t rounds() const { return rounds_; }
+  bool has_system_prompt() const { return has_system_; }
+  // The turns as ISM segments, whatever kind() is (the script itself).
+  const SegmentMask& turns() const { return turns_; }
+  // The mask attention must use for this dialogue's kind.
+  const SegmentMask& mask() const { return kind_ == DialogueMask::Ism ? turns_ : other_; }
+  // Positions p where tokens [0, p) can be computed before [p, length()) exist:
+  // the only places a prefill chunk or a cache may end.
+  bool is_safe_split(index_t p) const { return mask().is_safe_split(p); }
+  std::vector<index_t> safe_splits() const { return mask().safe_splits(); }
+
+  // --- the cache -----------------------------------------------------------
+  // Tokens whose rows the engine has computed and committed.
+  index_t cached() const { return static_cast<index_t>(computed_.size()); }
+
+  // Leading cached tokens that stay valid: the longest prefix [0, p) whose rows
+  // still see exactly the keys they were computed with, cut back to a safe split
+  // so that no valid row depends on a key at or after p. In a multi-layer model
+  // this is what keeps every layer's K/V of those tokens valid (by induction over
+  // layers and positions), not only the first layer's.
+  index_t reusable() const {
+    const SegmentMask& m = mask();
+    index_t p = 0;
+    while (p < cached()) {
+      const KeyRange now = m.keys(p), then = computed_[static_cast<size_t>(p)];
+      if (now.begin != then.begin || now.end != then.end) break;
+      ++p;
+    }
+    while (p > 0 && !m.is_safe_split(p)) --p;
+    return p;
+  }
+
+  // The call that brings the cache up to date with the whole script.
+  DialogueStep pending() const {
+    DialogueStep s;
+    s.reused = reusable();
+    s.q_offset = s.reused;
+    s.n_q = length() - s.reused;
+    s.n_k = length();
+    return s;
+  }
+
+  // The engine computed rows [reusable(), end) against keys [0, end) with mask()
+  // and stored their K/V; tokens past `end` (if any) are not cached. `end` must
+  // be a safe split: otherwise rows before it were computed without keys they see.
+  void commit(index_t end) {
+    const char* where = "ism::Dialogue::commit";
+    const index_t from = reusable();
+    if (end < from || end > length())
+      detail::fail(where, "end = ", end, " is outside [", from, ", ", length(),
+                   "] (reusable() = ", from, ", length() = ", length(), ")");
+    if (!mask().is_safe_split(end))
+      detail::fail(where, "end = ", end, " is not a safe split of the ", to_string(kind_),
+                   " mask: a row before it sees keys at or after it");
+    computed_.resize(static_cast<size_t>(end));
+    for (index_t i = from; i < end; ++i) computed_[static_cast<size_t>(i)] = mask().keys(i);
+  }
+  void commit() { commit(length()); }
+
+ private:
+  // Keeps other_ (the prefix-LM or causal mask) in step with turns_.
+  void grow_mask(index_t n, bool new_query) {
+    switch (kind_) {
+      case DialogueMask::Ism:
+        return;
+      case DialogueMask::Causal:
+        if (other_.length() == 0) other_.append({n, Attend::Causal});
+        else other_.extend_last(n);
+        return;
+      case DialogueMask::MultiTurnPrefixLM:
+        if (new_query) {
+          // The prefix swallows the whole history, including earlier answers.
+          other_ = SegmentMask();
+          other_.append({length(), Attend::Bidirectional});
+        } else if (other_.spans().back().attend == Attend::Causal) {
+          other_.extend_last(n);
+        } else {
+          other_.append({n, Attend::Causal});
+        }
+        return;
+    }
+  }
+  static void check_positive(const char* where, const char* arg, index_t n) {
+    if (n <= 0) detail::fail(where, arg, " = ", n, " must be positive");
+  }
+
+  DialogueMask kind_;
+  SegmentMask turns_;
+  SegmentMask other_;
+  index_t rounds_ = 0;
+  bool has_system_ = false;
+  std::vector<KeyRange> computed_;  // keys each committed row was computed with
+};
+
+}  // namespace ism
