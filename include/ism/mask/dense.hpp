@@ -14,29 +14,15 @@ namespace ism {
 template <class Scalar>
 using DenseMask = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-namespace detail {
-template <class Mask>
-void check_window(const char* where, const Mask& mask, index_t n_q, index_t n_k, index_t q_offset) {
-  if (n_q < 0) fail(where, "n_q = ", n_q, " is negative");
-  if (n_k < 0) fail(where, "n_k = ", n_k, " is negative");
-  if (q_offset < 0) fail(where, "q_offset = ", q_offset, " is negative");
-  index_t q_end = 0;
-  if (add_overflows(q_offset, n_q, &q_end)) fail(where, "q_offset + n_q overflows: ", q_offset, " + ", n_q);
-  if (mask.length() != unbounded) {
-    if (q_end > mask.length())
-      fail(where, "query rows [", q_offset, ", ", q_end, ") (q_offset = ", q_offset, ", n_q = ", n_q,
-           ") exceed the layout length ", mask.length());
-    if (n_k > mask.length()) fail(where, "n_k = ", n_k, " exceeds the layout length ", mask.length());
-  }
-}
-}  // namespace detail
-
 // Row r is query position q_offset + r, column c is key position c.
 // bool: true where visible. Floating (float, double, Eigen::half,
 // Eigen::bfloat16): 0 where visible, -infinity elsewhere (an additive mask).
 template <class Scalar, class Mask>
 DenseMask<Scalar> dense_mask(const Mask& mask, index_t n_q, index_t n_k, index_t q_offset = 0) {
   detail::check_window("ism::dense_mask", mask, n_q, n_k, q_offset);
+  index_t bytes = 0;
+  if (detail::mul_overflows(n_q, n_k, &bytes) || detail::mul_overflows(bytes, index_t(sizeof(Scalar)), &bytes))
+    detail::fail("ism::dense_mask", "n_q * n_k = ", n_q, " * ", n_k, " elements overflow the address space");
   Scalar visible, hidden;
   if constexpr (std::is_same_v<Scalar, bool>) {
     visible = true;

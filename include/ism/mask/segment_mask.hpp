@@ -72,28 +72,42 @@ class SegmentMask {
   index_t document_of(index_t p) const { return spans_[static_cast<size_t>(segment_of(p))].doc; }
 
   // --- growth (dialogues grow at the end only) -----------------------------
+  // Every call checks its arguments and reserves its memory before it changes
+  // anything, so a call that throws (ism::invalid_argument or std::bad_alloc)
+  // leaves the mask as it was.
+
   // New segment in the current document (a new document if there is none yet or
   // the layout ends in padding).
   SegmentMask& append(Segment s) {
-    check_length("ism::SegmentMask::append", "segment.length", s.length);
+    const char* where = "ism::SegmentMask::append";
+    check_length(where, "segment.length", s.length);
+    prepare(where, s.length, 1);
     if (docs_ == 0 || spans_.back().is_padding()) ++docs_;
     push(s.length, s.attend, docs_ - 1);
     return *this;
   }
   // The segments start a new document that sees nothing before it.
   SegmentMask& append_document(const std::vector<Segment>& segments) {
-    if (segments.empty()) detail::fail("ism::SegmentMask::append_document", "segments is empty");
-    for (size_t i = 0; i < segments.size(); ++i)
+    const char* where = "ism::SegmentMask::append_document";
+    if (segments.empty()) detail::fail(where, "segments is empty");
+    index_t total = 0;
+    for (size_t i = 0; i < segments.size(); ++i) {
       if (segments[i].length <= 0)
-        detail::fail("ism::SegmentMask::append_document", "segments[", i, "].length = ",
-                     segments[i].length, " must be positive");
+        detail::fail(where, "segments[", i, "].length = ", segments[i].length, " must be positive");
+      if (detail::add_overflows(total, segments[i].length, &total))
+        detail::fail(where, "the segments' total length overflows at segments[", i, "].length = ",
+                     segments[i].length);
+    }
+    prepare(where, total, segments.size());
     ++docs_;
     for (const Segment& s : segments) push(s.length, s.attend, docs_ - 1);
     return *this;
   }
   // Tokens that belong to no document (the tail of a packed row).
   SegmentMask& append_padding(index_t n) {
-    check_length("ism::SegmentMask::append_padding", "n", n);
+    const char* where = "ism::SegmentMask::append_padding";
+    check_length(where, "n", n);
+    prepare(where, n, 1);
     push(n, Attend::Causal, -1);
     return *this;
   }
@@ -101,15 +115,26 @@ class SegmentMask {
   // Bidirectional segment widens what its earlier rows see: that breaks KV
   // reuse of those rows, which is the caller's choice to make.
   SegmentMask& extend_last(index_t n) {
-    check_length("ism::SegmentMask::extend_last", "n", n);
-    if (spans_.empty()) detail::fail("ism::SegmentMask::extend_last", "the layout has no segment to extend");
-    Span last = spans_.back();
-    spans_.pop_back();
-    lo_.resize(static_cast<size_t>(last.begin));
-    hi_.resize(static_cast<size_t>(last.begin));
-    push(last.length() + n, last.attend, last.doc);
+    const char* where = "ism::SegmentMask::extend_last";
+    check_length(where, "n", n);
+    if (spans_.empty()) detail::fail(where, "the layout has no segment to extend");
+    prepare(where, n, 0);
+    Span& last = spans_.back();
+    const index_t begin = length(), end = begin + n;
+    const index_t doc_begin = last.doc < 0 ? -1 : lo_[static_cast<size_t>(last.begin)];
+    last.end = end;
+    // Only a Bidirectional segment's earlier rows change (they now see the new
+    // tokens); a causal answer grows in O(n), which keeps decoding linear.
+    if (last.doc >= 0 && last.attend == Attend::Bidirectional)
+      for (index_t i = last.begin; i < begin; ++i) hi_[static_cast<size_t>(i)] = end;
+    push_rows(begin, end, last.attend, doc_begin, last.doc < 0);
     return *this;
   }
+
+  // The longest layout a SegmentMask can describe (its row bounds must fit in a
+  // std::vector); longer layouts are rejected with ism::invalid_argument before
+  // anything is allocated.
+  static index_t max_length() { return static_cast<index_t>(std::vector<index_t>().max_size()); }
 
   // --- KV-cache reuse ------------------------------------------------------
   // True iff no row before p sees a key at or after p: tokens [0, p) can be
@@ -128,26 +153,40 @@ class SegmentMask {
   }
 
  private:
-  void push(index_t n, Attend attend, index_t doc) {
-    index_t begin = length();
+  // Checks that `extra` more positions fit and reserves room for them and for
+  // `new_spans` spans (growing geometrically, so that appending token by token
+  // stays amortised O(1)). Nothing is modified before this returns.
+  void prepare(const char* where, index_t extra, size_t new_spans) {
     index_t end = 0;
-    if (detail::add_overflows(begin, n, &end))
-      detail::fail("ism::SegmentMask", "total length overflows: ", begin, " + ", n);
+    if (detail::add_overflows(length(), extra, &end) || end > max_length())
+      detail::fail(where, "the layout length ", length(), " + ", extra, " exceeds the maximum ", max_length());
+    const auto grow = [](auto& v, size_t need) {
+      if (need > v.capacity()) v.reserve(std::max(need, 2 * v.capacity()));
+    };
+    grow(lo_, static_cast<size_t>(end));
+    grow(hi_, static_cast<size_t>(end));
+    grow(spans_, spans_.size() + new_spans);
+  }
+  // Appends a span of n positions; prepare() has checked and reserved.
+  void push(index_t n, Attend attend, index_t doc) {
+    const index_t begin = length(), end = begin + n;
     // lo: the document's first position (the padding row's own position, for
     // an empty interval that keeps lo and hi non-decreasing).
     index_t doc_begin = begin;
     if (doc >= 0 && !spans_.empty() && spans_.back().doc == doc)
       doc_begin = lo_[static_cast<size_t>(spans_.back().begin)];
     spans_.push_back({begin, end, attend, doc});
-    lo_.reserve(static_cast<size_t>(end));
-    hi_.reserve(static_cast<size_t>(end));
+    push_rows(begin, end, attend, doc_begin, doc < 0);
+  }
+  void push_rows(index_t begin, index_t end, Attend attend, index_t doc_begin, bool padding) {
+    const index_t seg_end = spans_.back().end;
     for (index_t i = begin; i < end; ++i) {
-      if (doc < 0) {
+      if (padding) {
         lo_.push_back(i);
         hi_.push_back(i);
       } else {
         lo_.push_back(doc_begin);
-        hi_.push_back(attend == Attend::Bidirectional ? end : i + 1);
+        hi_.push_back(attend == Attend::Bidirectional ? seg_end : i + 1);
       }
     }
   }
@@ -204,15 +243,22 @@ inline SegmentMask ism_mask(const std::vector<index_t>& boundaries,
 inline SegmentMask packed_mask(const std::vector<std::vector<Segment>>& documents,
                                index_t padding = 0) {
   if (padding < 0) detail::fail("ism::packed_mask", "padding = ", padding, " is negative");
-  SegmentMask m;
+  // Everything is checked before the first document is built, so that a huge
+  // total is rejected before anything is allocated.
+  index_t total = padding;
   for (size_t d = 0; d < documents.size(); ++d) {
     if (documents[d].empty()) detail::fail("ism::packed_mask", "documents[", d, "] has no segment");
-    for (size_t i = 0; i < documents[d].size(); ++i)
+    for (size_t i = 0; i < documents[d].size(); ++i) {
       if (documents[d][i].length <= 0)
         detail::fail("ism::packed_mask", "documents[", d, "][", i, "].length = ",
                      documents[d][i].length, " must be positive");
-    m.append_document(documents[d]);
+      if (detail::add_overflows(total, documents[d][i].length, &total) || total > SegmentMask::max_length())
+        detail::fail("ism::packed_mask", "the total length exceeds the maximum ", SegmentMask::max_length(),
+                     " at documents[", d, "][", i, "].length = ", documents[d][i].length);
+    }
   }
+  SegmentMask m;
+  for (const auto& doc : documents) m.append_document(doc);
   if (padding > 0) m.append_padding(padding);
   return m;
 }

@@ -60,6 +60,28 @@ ISM_HOST_DEVICE RowBlockKeys row_block_keys(const Mask& mask, index_t q0, index_
   return r;
 }
 
+namespace detail {
+// The query rows [q_offset, q_offset + n_q) and keys [0, n_k) of one call must
+// lie inside the mask's layout (masks without a layout have length unbounded).
+template <class Mask>
+void check_window(const char* where, const Mask& mask, index_t n_q, index_t n_k, index_t q_offset) {
+  if (n_q < 0) fail(where, "n_q = ", n_q, " is negative");
+  if (n_k < 0) fail(where, "n_k = ", n_k, " is negative");
+  if (q_offset < 0) fail(where, "q_offset = ", q_offset, " is negative");
+  index_t q_end = 0;
+  if (add_overflows(q_offset, n_q, &q_end)) fail(where, "q_offset + n_q overflows: ", q_offset, " + ", n_q);
+  if (mask.length() != unbounded) {
+    if (q_end > mask.length())
+      fail(where, "query rows [", q_offset, ", ", q_end, ") (q_offset = ", q_offset, ", n_q = ", n_q,
+           ") exceed the layout length ", mask.length());
+    if (n_k > mask.length()) fail(where, "n_k = ", n_k, " exceeds the layout length ", mask.length());
+  }
+}
+
+// ceil(a / b) for a >= 0, b > 0, without the overflow of (a + b - 1) / b.
+inline index_t ceil_div(index_t a, index_t b) { return a / b + (a % b != 0); }
+}  // namespace detail
+
 // The whole problem cut into tiles: what a kernel will visit and skip.
 struct BlockMapStats {
   index_t tiles = 0;
@@ -78,21 +100,20 @@ class BlockMap {
   BlockMap(const Mask& mask, index_t n_q, index_t n_k, index_t q_offset, index_t tile_q, index_t tile_k)
       : n_q_(n_q), n_k_(n_k), q_offset_(q_offset), tile_q_(tile_q), tile_k_(tile_k) {
     const char* where = "ism::BlockMap";
-    if (n_q < 0) detail::fail(where, "n_q = ", n_q, " is negative");
-    if (n_k < 0) detail::fail(where, "n_k = ", n_k, " is negative");
-    if (q_offset < 0) detail::fail(where, "q_offset = ", q_offset, " is negative");
+    detail::check_window(where, mask, n_q, n_k, q_offset);
     if (tile_q <= 0) detail::fail(where, "tile_q = ", tile_q, " must be positive");
     if (tile_k <= 0) detail::fail(where, "tile_k = ", tile_k, " must be positive");
-    if (mask.length() != unbounded && q_offset + n_q > mask.length())
-      detail::fail(where, "query rows [", q_offset, ", ", q_offset + n_q, ") exceed the layout length ",
-                   mask.length());
-    rows_ = (n_q + tile_q - 1) / tile_q;
-    cols_ = (n_k + tile_k - 1) / tile_k;
-    kinds_.resize(static_cast<size_t>(rows_ * cols_));
+    rows_ = detail::ceil_div(n_q, tile_q);
+    cols_ = detail::ceil_div(n_k, tile_k);
+    index_t tiles = 0;
+    if (detail::mul_overflows(rows_, cols_, &tiles) || detail::mul_overflows(n_q, n_k, &stats_.total_pairs))
+      detail::fail(where, "n_q * n_k = ", n_q, " * ", n_k, " overflows");
+    kinds_.resize(static_cast<size_t>(tiles));
     for (index_t r = 0; r < rows_; ++r) {
-      const index_t q0 = q_offset + r * tile_q, q1 = q_offset + std::min(n_q, (r + 1) * tile_q);
+      // r * tile_q < n_q, so only the tile's end needs clamping before it can overflow.
+      const index_t q0 = q_offset + r * tile_q, q1 = q_offset + r * tile_q + std::min(n_q - r * tile_q, tile_q);
       for (index_t c = 0; c < cols_; ++c) {
-        const index_t k0 = c * tile_k, k1 = std::min(n_k, (c + 1) * tile_k);
+        const index_t k0 = c * tile_k, k1 = k0 + std::min(n_k - k0, tile_k);
         const TileKind t = classify_tile(mask, q0, q1, k0, k1, n_k);
         kinds_[static_cast<size_t>(r * cols_ + c)] = t;
         ++stats_.tiles;
@@ -100,7 +121,6 @@ class BlockMap {
       }
     }
     for (index_t q = q_offset; q < q_offset + n_q; ++q) stats_.visible_pairs += visible_keys(mask, q, n_k).size();
-    stats_.total_pairs = n_q * n_k;
   }
 
   index_t n_q() const { return n_q_; }
