@@ -1,0 +1,89 @@
+#pragma once
+// Storage types of the CUDA kernel. The kernel runs on CUDA's own __half and
+// __nv_bfloat16; Eigen::half and Eigen::bfloat16 (what the CPU side and the
+// reference use) hold the same 16 bits, so their buffers are passed through by
+// reinterpretation, never copied.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <Eigen/Core>
+#include <type_traits>
+
+#include "ism/cuda/check.cuh"
+
+namespace ism::cuda {
+
+template <class T>
+struct device_element {
+  static constexpr bool supported = false;
+};
+template <>
+struct device_element<__half> {
+  static constexpr bool supported = true;
+  using type = __half;
+};
+template <>
+struct device_element<__nv_bfloat16> {
+  static constexpr bool supported = true;
+  using type = __nv_bfloat16;
+};
+template <>
+struct device_element<Eigen::half> {
+  static constexpr bool supported = true;
+  using type = __half;
+};
+template <>
+struct device_element<Eigen::bfloat16> {
+  static constexpr bool supported = true;
+  using type = __nv_bfloat16;
+};
+
+template <class T>
+using device_element_t = typename device_element<T>::type;
+
+static_assert(sizeof(Eigen::half) == sizeof(__half) && alignof(Eigen::half) == alignof(__half) &&
+                  std::is_trivially_copyable_v<Eigen::half>,
+              "Eigen::half must be layout-identical to __half");
+static_assert(sizeof(Eigen::bfloat16) == sizeof(__nv_bfloat16) &&
+                  alignof(Eigen::bfloat16) == alignof(__nv_bfloat16) &&
+                  std::is_trivially_copyable_v<Eigen::bfloat16>,
+              "Eigen::bfloat16 must be layout-identical to __nv_bfloat16");
+
+template <class T>
+__device__ inline float to_float(T x);
+template <>
+__device__ inline float to_float(__half x) {
+  return __half2float(x);
+}
+template <>
+__device__ inline float to_float(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+
+template <class T>
+__device__ inline T from_float(float x);
+template <>
+__device__ inline __half from_float(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ inline __nv_bfloat16 from_float(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Two floats rounded into one 32-bit register; `lo` lands in the low half,
+// which is the element with the smaller index in an mma fragment.
+template <class T>
+__device__ inline unsigned pack2(float lo, float hi);
+template <>
+__device__ inline unsigned pack2<__half>(float lo, float hi) {
+  __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<unsigned*>(&h);
+}
+template <>
+__device__ inline unsigned pack2<__nv_bfloat16>(float lo, float hi) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<unsigned*>(&h);
+}
+
+}  // namespace ism::cuda
