@@ -57,6 +57,26 @@ ByteSpan check_view(const char* where, const char* name, const HeadsView<T>& v) 
   return {first, end};
 }
 
+// The (token, head) rows of a view must not share memory when the library
+// writes them: rows handled by different threads would race on the shared
+// bytes and the result would depend on scheduling. Accepted are the nestings
+// real buffers have, [t][h][d] or [h][t][d] with any padding; a view that
+// check_view accepted cannot overflow these sums.
+template <class T>
+void check_rows_distinct(const char* where, const char* name, const HeadsView<T>& v) {
+  if (v.tokens <= 1 && v.heads <= 1) return;
+  const index_t heads_extent = (v.heads - 1) * v.head_stride + v.dim;
+  const index_t tokens_extent = (v.tokens - 1) * v.token_stride + v.dim;
+  const bool token_major =
+      (v.heads == 1 || v.head_stride >= v.dim) && (v.tokens == 1 || v.token_stride >= heads_extent);
+  const bool head_major =
+      (v.tokens == 1 || v.token_stride >= v.dim) && (v.heads == 1 || v.head_stride >= tokens_extent);
+  if (!token_major && !head_major)
+    fail(where, name, " rows overlap each other (tokens = ", v.tokens, ", heads = ", v.heads, ", dim = ", v.dim,
+         ", token_stride = ", v.token_stride, ", head_stride = ", v.head_stride,
+         "): every (token, head) row written must have memory of its own");
+}
+
 }  // namespace detail
 
 // Checks every argument of an attention call; throws ism::invalid_argument
@@ -71,6 +91,7 @@ AttentionShape check_attention(const char* where, const HeadsView<Q>& q, const H
   const auto sk = detail::check_view(where, "k", k);
   const auto sv = detail::check_view(where, "v", v);
   const auto so = detail::check_view(where, "out", out);
+  if (out.tokens > 0) detail::check_rows_distinct(where, "out", out);
   if (k.dim != q.dim) fail(where, "k.dim = ", k.dim, " differs from q.dim = ", q.dim);
   if (v.dim != q.dim) fail(where, "v.dim = ", v.dim, " differs from q.dim = ", q.dim);
   if (out.dim != q.dim) fail(where, "out.dim = ", out.dim, " differs from q.dim = ", q.dim);
