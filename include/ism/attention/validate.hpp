@@ -91,7 +91,6 @@ AttentionShape check_attention(const char* where, const HeadsView<Q>& q, const H
   const auto sk = detail::check_view(where, "k", k);
   const auto sv = detail::check_view(where, "v", v);
   const auto so = detail::check_view(where, "out", out);
-  if (out.tokens > 0) detail::check_rows_distinct(where, "out", out);
   if (k.dim != q.dim) fail(where, "k.dim = ", k.dim, " differs from q.dim = ", q.dim);
   if (v.dim != q.dim) fail(where, "v.dim = ", v.dim, " differs from q.dim = ", q.dim);
   if (out.dim != q.dim) fail(where, "out.dim = ", out.dim, " differs from q.dim = ", q.dim);
@@ -122,6 +121,8 @@ AttentionShape check_attention(const char* where, const HeadsView<Q>& q, const H
   detail::check_window(where, mask, s.n_q, s.n_k, s.q_offset);
   s.scale = opt.scale != 0.f ? opt.scale : 1.f / std::sqrt(static_cast<float>(s.dim));
 
+  // After the shape checks, so that a wrong dim is reported as such.
+  if (out.tokens > 0) detail::check_rows_distinct(where, "out", out);
   if (so.overlaps(sq)) fail(where, "out overlaps q (in-place attention is not supported)");
   if (so.overlaps(sk)) fail(where, "out overlaps k");
   if (so.overlaps(sv)) fail(where, "out overlaps v");
