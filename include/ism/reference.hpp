@@ -28,33 +28,39 @@ void reference_attention_into(HeadsView<const In> q, HeadsView<const In> k, Head
     const index_t kh = h / s.group;
     for (index_t t = 0; t < s.n_q; ++t) {
       const In* qr = q.row(t, h);
+      // m is the largest score, NaN if any score is NaN: a NaN must reach the
+      // output of every row that sees it, not be skipped by `>` and turn the
+      // row into an "empty" one.
       double m = neg_inf;
+      index_t seen = 0;
       for (index_t j = 0; j < s.n_k; ++j) {
         if (!allowed(t, j)) continue;
+        ++seen;
         const In* kr = k.row(j, kh);
         double dot = 0;
         for (index_t d = 0; d < s.dim; ++d) dot += double(to_float(qr[d])) * double(to_float(kr[d]));
-        p[size_t(j)] = double(s.scale) * dot;
-        if (p[size_t(j)] > m) m = p[size_t(j)];
+        const double score = double(s.scale) * dot;
+        p[size_t(j)] = score;
+        if (std::isnan(score) || score > m) m = score;  // once NaN, `score > m` is always false
       }
       std::fill(acc.begin(), acc.end(), 0.0);
       double sum = 0;
-      if (m != neg_inf) {
-        for (index_t j = 0; j < s.n_k; ++j) {
-          if (!allowed(t, j)) continue;
-          const double w = std::exp(p[size_t(j)] - m);
-          sum += w;
-          const In* vr = v.row(j, kh);
-          for (index_t d = 0; d < s.dim; ++d) acc[size_t(d)] += w * double(to_float(vr[d]));
-        }
+      for (index_t j = 0; j < s.n_k && seen > 0; ++j) {
+        if (!allowed(t, j)) continue;
+        const double w = std::exp(p[size_t(j)] - m);
+        sum += w;
+        const In* vr = v.row(j, kh);
+        for (index_t d = 0; d < s.dim; ++d) acc[size_t(d)] += w * double(to_float(vr[d]));
       }
       Out* o = out.row(t, h);
       for (index_t d = 0; d < s.dim; ++d) {
-        const double x = sum > 0 ? acc[size_t(d)] / sum : 0.0;
+        // Only a row that sees no key is defined as 0; non-finite inputs give
+        // whatever the arithmetic gives (NaN or +-Inf), never a silent 0.
+        const double x = seen > 0 ? acc[size_t(d)] / sum : 0.0;
         if constexpr (std::is_same_v<Out, double>) o[d] = x;
         else o[d] = from_float<Out>(float(x));
       }
-      if (lse) lse[h * s.n_q + t] = sum > 0 ? LseT(m + std::log(sum)) : LseT(neg_inf);
+      if (lse) lse[h * s.n_q + t] = seen > 0 ? LseT(m + std::log(sum)) : LseT(neg_inf);
     }
   }
 }
