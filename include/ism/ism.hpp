@@ -7,6 +7,7 @@
 //   attention/              the entry points and their options
 //   cpu/                    the fused CPU kernel; cpu/simd/ one file per ISA
 //   reference.hpp           the fp64 reference every path is tested against
+#include "ism/attention/attention.hpp"
 #include "ism/attention/options.hpp"
 #include "ism/attention/validate.hpp"
 #include "ism/core/config.hpp"

@@ -1,0 +1,184 @@
+#pragma once
+// THE tile loop of the fused CPU attention. One call handles one query tile
+// (up to tile_q rows that share a KV head) against the keys it can see:
+//
+//   bounds  each row's visible keys [lo, hi) from the mask policy (mask.keys),
+//           so the tile's `any` range (keys some row sees) and `all` range
+//           (keys every row sees);
+//   visit   only key tiles that meet `any`: Empty tiles are never touched;
+//           tiles inside `all` are Full and run attend_tile<..., false>, which
+//           has no mask code; the rest are Partial and apply the row bounds;
+//   finish  normalise (or hand the unnormalised state to the decode merge).
+//
+// K and V are read only through the KV source's key(t, h) / value(t, h) row
+// pointers while packing a key tile, so contiguous and paged caches share it.
+// The mask type is a template parameter, but the arithmetic (tile_ops.hpp) is
+// compiled once per head-dim class, independent of mask and element type.
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include "ism/core/element.hpp"
+#include "ism/cpu/tile_ops.hpp"
+#include "ism/mask/tiles.hpp"
+
+namespace ism::cpu {
+
+namespace detail {
+// Test hook: when non-null, every visited (query head, query tile, key tile)
+// adds 1 here. Costs one predictable branch per key tile.
+inline std::atomic<index_t>* visited_tiles = nullptr;
+}  // namespace detail
+
+inline namespace ISM_SIMD_NAMESPACE {
+
+// One query row of a tile: where it reads, where it writes, its position.
+template <class T>
+struct TileRow {
+  const T* q;
+  T* out;
+  float* lse;   // null when the caller wants no LSE
+  index_t pos;  // absolute position (the mask's row index)
+};
+
+// Where a split-key (decode) task leaves its unnormalised state: o[row][dim],
+// and the running max (log2 units) and sum of each row.
+struct PartialState {
+  float* o;
+  float* m;
+  float* l;
+};
+
+using TileFn = void (*)(Workspace&, index_t nrows, index_t nk);
+struct TileFns {
+  TileFn full, partial;
+  index_t dp;  // padded head dim
+};
+
+// Head dims with a compile-time fast path; every other dim runs the same code
+// with the padded dim read at run time.
+template <class S>
+inline TileFns tile_fns(index_t dim) {
+  constexpr index_t W = S::width;
+  const index_t dp = (dim + W - 1) / W * W;
+  switch (dim) {
+#define ISM_FAST_DIM(D) \
+  case D: return {&attend_tile<S, int((D + W - 1) / W * W), false>, &attend_tile<S, int((D + W - 1) / W * W), true>, dp};
+    ISM_FAST_DIM(64)
+    ISM_FAST_DIM(80)
+    ISM_FAST_DIM(96)
+    ISM_FAST_DIM(128)
+    ISM_FAST_DIM(256)
+#undef ISM_FAST_DIM
+    default: return {&attend_tile<S, 0, false>, &attend_tile<S, 0, true>, dp};
+  }
+}
+
+// dst[0, dp) = src[0, dim) widened to fp32, zero-padded.
+template <class S, class T>
+inline void load_row(const T* src, float* dst, index_t dim, index_t dp) {
+  constexpr index_t W = S::width;
+  index_t d = 0;
+  for (; d + W <= dim; d += W) S::store(dst + d, S::load(src + d));
+  for (; d < dim; ++d) dst[d] = to_float(src[d]);
+  for (; d < dp; ++d) dst[d] = 0.f;
+}
+
+// Runs rows[0, nrows) against key tiles [tile_begin, tile_end) (clipped to
+// what the rows see). `heads` is how many query heads the rows span, for the
+// visit counter. With `partial` null the output and LSE are final.
+template <class S, class T, class KV, class Mask>
+void attend_rows(const TileRow<T>* rows, index_t nrows, index_t heads, const KV& kv, index_t kv_head,
+                 const Mask& mask, index_t n_k, index_t dim, float scale, index_t tile_begin, index_t tile_end,
+                 const PartialState* partial) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, Eigen::bfloat16> || std::is_same_v<T, Eigen::half>,
+                "the CPU kernel stores float, Eigen::bfloat16 or Eigen::half");
+  constexpr index_t W = S::width;
+  const TileFns fns = tile_fns<S>(dim);
+  const index_t dp = fns.dp;
+  Workspace& ws = thread_workspace(dp);
+  const index_t nv = (nrows + W - 1) / W;
+
+  // Row bounds and the tile's any / all key ranges.
+  index_t lo[tile_q], hi[tile_q];
+  KeyRange any{n_k, 0}, all{0, n_k};
+  for (index_t r = 0; r < nrows; ++r) {
+    const KeyRange k = visible_keys(mask, rows[r].pos, n_k);
+    lo[r] = k.begin;
+    hi[r] = k.end;
+    any = {std::min(any.begin, k.begin), std::max(any.end, k.end)};
+    all = {std::max(all.begin, k.begin), std::min(all.end, k.end)};
+  }
+
+  // Q^T, pre-scaled so scores come out in log2 units; padding lanes are 0.
+  const float qscale = scale * 1.4426950408889634f;  // log2(e)
+  for (index_t r = 0; r < nrows; ++r) {
+    const T* q = rows[r].q;
+    for (index_t d = 0; d < dim; ++d) ws.qt[d * tile_q + r] = to_float(q[d]) * qscale;
+    for (index_t d = dim; d < dp; ++d) ws.qt[d * tile_q + r] = 0.f;
+  }
+  for (index_t r = nrows; r < nv * W; ++r)
+    for (index_t d = 0; d < dp; ++d) ws.qt[d * tile_q + r] = 0.f;
+  for (index_t r = 0; r < nv * W; ++r) {
+    ws.m[r] = -std::numeric_limits<float>::infinity();
+    ws.l[r] = 0.f;
+  }
+  for (index_t i = 0; i < nrows * dp; ++i) ws.o[i] = 0.f;
+
+  if (any.end > any.begin) {
+    const index_t c_begin = std::max(tile_begin, any.begin / tile_k);
+    const index_t c_end = std::min(tile_end, (any.end + tile_k - 1) / tile_k);
+    for (index_t c = c_begin; c < c_end; ++c) {
+      const index_t k0 = c * tile_k, k1 = std::min(n_k, k0 + tile_k), nk = k1 - k0;
+      for (index_t j = 0; j < nk; ++j) {
+        load_row<S>(kv.key(k0 + j, kv_head), ws.kp + j * dp, dim, dp);
+        load_row<S>(kv.value(k0 + j, kv_head), ws.vp + j * dp, dim, dp);
+      }
+      // Key rows up to the score block's multiple are computed, never used.
+      const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
+      for (index_t i = nk * dp; i < nk_pad * dp; ++i) ws.kp[i] = 0.f;
+      if (detail::visited_tiles) detail::visited_tiles->fetch_add(heads, std::memory_order_relaxed);
+
+      if (all.begin <= k0 && k1 <= all.end) {
+        fns.full(ws, nrows, nk);
+      } else {
+        // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact
+        // in float whatever the absolute positions are. Padding lanes see
+        // nothing.
+        for (index_t r = 0; r < nv * W; ++r) {
+          const index_t a = r < nrows ? lo[r] - k0 : 0, b = r < nrows ? hi[r] - k0 : 0;
+          ws.lo[r] = static_cast<float>(std::clamp<index_t>(a, -1, tile_k + 1));
+          ws.hi[r] = static_cast<float>(std::clamp<index_t>(b, -1, tile_k + 1));
+        }
+        fns.partial(ws, nrows, nk);
+      }
+    }
+  }
+
+  if (partial) {
+    for (index_t r = 0; r < nrows; ++r) {
+      for (index_t d = 0; d < dim; ++d) partial->o[r * dim + d] = ws.o[r * dp + d];
+      partial->m[r] = ws.m[r];
+      partial->l[r] = ws.l[r];
+    }
+    return;
+  }
+  // l == 0 means the row saw no key: output 0, LSE -inf (never 0/0).
+  for (index_t r = 0; r < nrows; ++r) {
+    const float l = ws.l[r];
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const typename S::V vinv = S::set1(inv);
+    const float* o = ws.o + r * dp;
+    T* out = rows[r].out;
+    index_t d = 0;
+    for (; d + W <= dim; d += W) S::store(out + d, S::mul(S::load(o + d), vinv));
+    for (; d < dim; ++d) out[d] = from_float<T>(o[d] * inv);
+    if (rows[r].lse)
+      *rows[r].lse = l > 0.f ? (ws.m[r] + std::log2(l)) * 0.6931471805599453f
+                             : -std::numeric_limits<float>::infinity();
+  }
+}
+
+}  // inline namespace ISM_SIMD_NAMESPACE
+}  // namespace ism::cpu

@@ -1,0 +1,163 @@
+#pragma once
+// The arithmetic of one (query tile, key tile) step, written once against the
+// SIMD vocabulary S (cpu/simd/*.hpp). It knows nothing of masks or element
+// types: the tile loop (cpu/kernel.hpp) packs fp32 operands into the
+// Workspace and says whether the tile is Full (no mask code at all) or Partial
+// (per-row key bounds applied).
+//
+// Layout choice: scores are kept transposed, st[key][row], with query rows in
+// the vector lanes. Then S = Q K^T is "load a vector of Q^T, broadcast one key
+// element, FMA" with no horizontal reductions, the running max and sum of each
+// row are lane-wise, and P V broadcasts one probability per (row, key) against
+// vectors of V. Q^T is packed once per query tile and reused for every key tile.
+//
+// Scores are in log2 units (Q is pre-scaled by scale * log2(e)) so the softmax
+// is exp2, which the vocabulary computes directly.
+#include <limits>
+#include <type_traits>
+
+#include "ism/cpu/simd/select.hpp"
+#include "ism/cpu/workspace.hpp"
+
+namespace ism::cpu {
+inline namespace ISM_SIMD_NAMESPACE {
+
+#if defined(__GNUC__)
+#define ISM_UNROLL _Pragma("GCC unroll 16")
+#else
+#define ISM_UNROLL
+#endif
+
+// st[j0.., iv0..] = Qt[:, iv0..]^T . Kp[j0.., :] for IB row vectors x JB keys,
+// accumulators in registers across the whole dim loop.
+template <class S, int IB, int JB>
+inline void score_block(const float* qt, const float* kp, float* st, index_t dp) {
+  using V = typename S::V;
+  constexpr int W = S::width;
+  V acc[JB][IB];
+  ISM_UNROLL for (int jb = 0; jb < JB; ++jb) ISM_UNROLL for (int ib = 0; ib < IB; ++ib) acc[jb][ib] = S::zero();
+  for (index_t d = 0; d < dp; ++d) {
+    V q[IB];
+    ISM_UNROLL for (int ib = 0; ib < IB; ++ib) q[ib] = S::load(qt + d * tile_q + ib * W);
+    ISM_UNROLL for (int jb = 0; jb < JB; ++jb) {
+      const V k = S::set1(kp[jb * dp + d]);
+      ISM_UNROLL for (int ib = 0; ib < IB; ++ib) acc[jb][ib] = S::fma(q[ib], k, acc[jb][ib]);
+    }
+  }
+  ISM_UNROLL for (int jb = 0; jb < JB; ++jb) ISM_UNROLL for (int ib = 0; ib < IB; ++ib)
+    S::store(st + jb * tile_q + ib * W, acc[jb][ib]);
+}
+
+// o[i0.., dv0..] = alpha[i] * o + sum_j st[j][i] * vp[j][dv0..] for IR rows x
+// OV dim vectors: the online-softmax rescale folded into the accumulator load.
+template <class S, int IR, int OV>
+inline void output_block(float* o, const float* st, const float* vp, const float* alpha, index_t nk,
+                         index_t dp) {
+  using V = typename S::V;
+  constexpr int W = S::width;
+  V acc[IR][OV];
+  ISM_UNROLL for (int ir = 0; ir < IR; ++ir) {
+    const V a = S::set1(alpha[ir]);
+    ISM_UNROLL for (int ov = 0; ov < OV; ++ov) acc[ir][ov] = S::mul(S::load(o + ir * dp + ov * W), a);
+  }
+  for (index_t j = 0; j < nk; ++j) {
+    V v[OV];
+    ISM_UNROLL for (int ov = 0; ov < OV; ++ov) v[ov] = S::load(vp + j * dp + ov * W);
+    ISM_UNROLL for (int ir = 0; ir < IR; ++ir) {
+      const V p = S::set1(st[j * tile_q + ir]);
+      ISM_UNROLL for (int ov = 0; ov < OV; ++ov) acc[ir][ov] = S::fma(p, v[ov], acc[ir][ov]);
+    }
+  }
+  ISM_UNROLL for (int ir = 0; ir < IR; ++ir) ISM_UNROLL for (int ov = 0; ov < OV; ++ov)
+    S::store(o + ir * dp + ov * W, acc[ir][ov]);
+}
+
+// Calls f with std::integral_constant<int, n> for a runtime n in [1, MAX]: the
+// remainder blocks at tile edges get their own fully unrolled instantiation.
+template <int MAX, class F>
+inline void with_block(int n, F&& f) {
+  if constexpr (MAX > 1) {
+    if (n >= MAX) {
+      f(std::integral_constant<int, MAX>{});
+      return;
+    }
+    with_block<MAX - 1>(n, f);
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
+// One key tile against the packed query tile: nrows real rows (nv = row
+// vectors covering them), nk real keys, kp holding nk rows plus zero rows up to
+// a multiple of S::s_keys. DP > 0 makes the padded dim a compile-time constant
+// (the fast head dims); DP == 0 reads ws.dp.
+template <class S, int DP, bool Partial>
+inline void attend_tile(Workspace& ws, index_t nrows, index_t nk) {
+  using V = typename S::V;
+  constexpr int W = S::width;
+  const index_t dp = DP > 0 ? DP : ws.dp;
+  const index_t nv = (nrows + W - 1) / W;
+
+  // 1. Scores: st[j][i] = q_i . k_j (log2 units).
+  const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
+  for (index_t j0 = 0; j0 < nk_pad; j0 += S::s_keys) {
+    for (index_t iv0 = 0; iv0 < nv; iv0 += S::s_vecs) {
+      const int ib = static_cast<int>(nv - iv0 < S::s_vecs ? nv - iv0 : S::s_vecs);
+      with_block<S::s_vecs>(ib, [&](auto IB) {
+        score_block<S, decltype(IB)::value, S::s_keys>(ws.qt + iv0 * W, ws.kp + j0 * dp,
+                                                       ws.st + j0 * tile_q + iv0 * W, dp);
+      });
+    }
+  }
+
+  // 2. Online softmax, lane-wise per row. A row that has seen nothing yet has
+  // max -inf; exp2(s - max) would then be exp2(-inf + inf) = NaN, so the max
+  // used as reference is clamped to -FLT_MAX: masked scores (-inf) still give
+  // exactly 0 and an empty row keeps l = 0 (its output is set to 0 at the end).
+  const V neg_inf = S::set1(-std::numeric_limits<float>::infinity());
+  const V lowest = S::set1(std::numeric_limits<float>::lowest());
+  for (index_t iv = 0; iv < nv; ++iv) {
+    float* col = ws.st + iv * W;
+    const V m_old = S::load(ws.m + iv * W);
+    V mx = m_old;
+    if constexpr (Partial) {
+      const V lo = S::load(ws.lo + iv * W), hi = S::load(ws.hi + iv * W);
+      for (index_t j = 0; j < nk; ++j) {
+        const V s = S::keep_in_range(S::load(col + j * tile_q), S::set1(static_cast<float>(j)), lo, hi, neg_inf);
+        S::store(col + j * tile_q, s);
+        mx = S::max(mx, s);
+      }
+    } else {
+      for (index_t j = 0; j < nk; ++j) mx = S::max(mx, S::load(col + j * tile_q));
+    }
+    mx = S::max(mx, lowest);
+    V sum = S::zero();
+    for (index_t j = 0; j < nk; ++j) {
+      const V p = S::exp2(S::sub(S::load(col + j * tile_q), mx));
+      S::store(col + j * tile_q, p);
+      sum = S::add(sum, p);
+    }
+    const V alpha = S::exp2(S::sub(m_old, mx));
+    S::store(ws.alpha + iv * W, alpha);
+    S::store(ws.l + iv * W, S::fma(S::load(ws.l + iv * W), alpha, sum));
+    S::store(ws.m + iv * W, mx);
+  }
+
+  // 3. o = alpha * o + P V.
+  const index_t dv = dp / W;
+  for (index_t i0 = 0; i0 < nrows; i0 += S::o_rows) {
+    const int ir = static_cast<int>(nrows - i0 < S::o_rows ? nrows - i0 : S::o_rows);
+    with_block<S::o_rows>(ir, [&](auto IR) {
+      for (index_t v0 = 0; v0 < dv; v0 += S::o_vecs) {
+        const int ov = static_cast<int>(dv - v0 < S::o_vecs ? dv - v0 : S::o_vecs);
+        with_block<S::o_vecs>(ov, [&](auto OV) {
+          output_block<S, decltype(IR)::value, decltype(OV)::value>(ws.o + i0 * dp + v0 * W, ws.st + i0,
+                                                                    ws.vp + v0 * W, ws.alpha + i0, nk, dp);
+        });
+      }
+    });
+  }
+}
+
+}  // inline namespace ISM_SIMD_NAMESPACE
+}  // namespace ism::cpu

@@ -1,0 +1,426 @@
+// The fused CPU kernel against the fp64 reference. This file is compiled once
+// per instruction set (tests/cpu/CMakeLists.txt); ISM_TEST_EXPECT_SIMD names
+// the path the binary must have selected, so a flag mix-up cannot silently
+// test the scalar path three times.
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include "cpu/kernel_test_util.hpp"
+
+namespace ism_test {
+namespace {
+
+using ism::AttentionOptions;
+
+constexpr double eps32 = 5.96e-8;  // 2^-24, fp32 unit roundoff
+
+// fp32 error bound, relative to max|v| (outputs are convex combinations of v,
+// so max|v| is the scale of the output; max|ref| can be far smaller for long
+// rows of random values, which would make a bound on it test cancellation,
+// not the kernel):
+//  - scores: an fp32 FMA chain over D products has error about
+//    sqrt(D) * eps * |score bound| (random rounding; worst case D * eps), and a
+//    score error d changes a softmax weight by a factor e^d, so the output by
+//    up to 2 * d * max|v|;
+//  - exp2 (2 ulp), the running max rescale and the normalisation add a few
+//    ulps; the sums over keys (tile-wise, then across tiles) grow like
+//    log2(n_k) ulps in practice.
+// The constants 4 and 16 leave a margin of about 4x over the largest errors
+// seen in 10^4 random problems on each path.
+double fp32_tolerance(double vmax, double score_bound, index_t dim, index_t n_k) {
+  const double score_err = 2.0 * std::sqrt(double(dim)) * eps32 * score_bound;
+  return vmax * (eps32 * (16.0 + 4.0 * std::log2(double(n_k) + 1.0)) + 4.0 * score_err);
+}
+
+struct Sizes {
+  index_t n_q, n_k, q_offset, heads, kv_heads, dim;
+  int layout;
+};
+
+// Random sizes with the N and dim sets, GQA 1/2/4/8, random offsets,
+// capped in total work so the fp64 reference stays fast.
+Sizes random_sizes(Rng& rng, index_t work_cap) {
+  static const index_t ns[] = {1, 2, 63, 64, 65, 97, 1025};
+  static const index_t dims[] = {1, 8, 31, 64, 72, 80, 96, 128, 255, 256};
+  static const index_t groups[] = {1, 2, 4, 8};
+  for (;;) {
+    Sizes s;
+    const index_t n = rng.coin(0.7) ? ns[rng.uniform(0, 6)] : rng.uniform(1, 300);
+    s.dim = dims[rng.uniform(0, 9)];
+    const index_t group = groups[rng.uniform(0, 3)];
+    s.kv_heads = rng.uniform(1, 2);
+    s.heads = s.kv_heads * group;
+    // Queries: the whole sequence, its tail, or a window ending before the end.
+    const int shape = int(rng.uniform(0, 3));
+    s.n_k = n;
+    if (shape == 0 || n == 1) {
+      s.n_q = n;
+      s.q_offset = 0;
+    } else if (shape == 1) {
+      s.n_q = rng.uniform(1, n);
+      s.q_offset = n - s.n_q;
+    } else {
+      s.n_q = rng.uniform(1, n);
+      s.q_offset = rng.uniform(0, n - s.n_q);
+    }
+    s.layout = int(rng.uniform(0, 2));
+    if (s.n_q * s.n_k * s.dim * s.heads <= work_cap) return s;
+  }
+}
+
+template <class Mask>
+void check_fp32(const Sizes& s, const Mask& mask, const std::string& desc, Rng& rng, double* worst_ratio) {
+  SCOPED_TRACE(::testing::Message() << desc << " n_q=" << s.n_q << " n_k=" << s.n_k << " q_offset=" << s.q_offset
+                                    << " heads=" << s.heads << "/" << s.kv_heads << " dim=" << s.dim
+                                    << " layout=" << s.layout);
+  Problem<float> p(s.n_q, s.n_k, s.heads, s.kv_heads, s.dim, s.q_offset, s.layout);
+  p.q.fill_random(rng, -2, 2);
+  p.k.fill_random(rng, -2, 2);
+  p.v.fill_random(rng, -1, 1);
+  AttentionOptions o = p.options();
+  o.threads = int(rng.uniform(1, 3));
+  ism::attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, mask, o);
+  Tensor<double> want(s.n_q, s.heads, s.dim);
+  std::vector<double> want_lse;
+  reference(p, mask, want, want_lse);
+
+  const double scale = 1.0 / std::sqrt(double(s.dim));
+  const double score_bound = scale * double(s.dim) * max_abs_input(p.q) * max_abs_input(p.k);
+  const double tol = fp32_tolerance(std::max(1e-30, max_abs_input(p.v)), score_bound, s.dim, s.n_k);
+  const double err = max_error(p.out, want);
+  EXPECT_LE(err, tol);
+  *worst_ratio = std::max(*worst_ratio, err / tol);
+  for (index_t h = 0; h < s.heads; ++h)
+    for (index_t t = 0; t < s.n_q; ++t) {
+      const double w = want_lse[size_t(h * s.n_q + t)];
+      const float g = p.lse[size_t(h * s.n_q + t)];
+      if (std::isinf(w)) {
+        ASSERT_TRUE(std::isinf(g) && g < 0) << "row " << t << " head " << h << " sees nothing: lse " << g;
+        for (index_t d = 0; d < s.dim; ++d) ASSERT_EQ(p.out.view(t, h, d), 0.f);
+      } else {
+        ASSERT_NEAR(g, w, 4.0 * score_bound * std::sqrt(double(s.dim)) * eps32 + 32 * eps32 * (1 + std::abs(w)))
+            << "lse of row " << t << " head " << h;
+      }
+    }
+}
+
+TEST(CpuKernel, SelectedInstructionSet) {
+  EXPECT_STREQ(ISM_SIMD_NAME, ISM_TEST_EXPECT_SIMD);
+  std::printf("SIMD path: %s, width %d\n", ISM_SIMD_NAME, ism::cpu::simd::Native::width);
+}
+
+// Every mask kind, random sizes from the sets, fp32.
+TEST(CpuKernel, Fp32MatchesReferenceOnEveryMaskKind) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  double worst = 0;
+  for (int kind = 0; kind < 6; ++kind) {
+    for (int it = 0; it < 12; ++it) {
+      const Sizes s = random_sizes(rng, 6'000'000);
+      std::string desc;
+      const AnyMask mask = make_mask(MaskKind(kind), s.n_k, rng, &desc);
+      std::visit([&](const auto& m) { check_fp32(s, m, desc, rng, &worst); }, mask);
+      if (HasFatalFailure()) return;
+    }
+  }
+  std::printf("worst error / tolerance: %.3f\n", worst);
+}
+
+// Every fast-path dim and the generic path against a long ISM cache (N = 1025:
+// a partial key tile at the end; 65 or 130 query rows: a partial query tile).
+TEST(CpuKernel, Fp32EveryDimLongSequence) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  double worst = 0;
+  for (index_t dim : {1, 8, 31, 64, 72, 80, 96, 128, 255, 256}) {
+    Sizes s{dim >= 96 ? 65 : 130, 1025, 0, 2, 1, dim, int(rng.uniform(0, 2))};
+    s.q_offset = s.n_k - s.n_q;
+    std::string desc;
+    const AnyMask mask = make_mask(MaskKind::Ism, s.n_k, rng, &desc);
+    std::visit([&](const auto& m) { check_fp32(s, m, desc, rng, &worst); }, mask);
+    if (HasFatalFailure()) return;
+  }
+  std::printf("worst error / tolerance: %.3f\n", worst);
+}
+
+// bf16 / fp16: the kernel widens exactly and accumulates in fp32, so its only
+// extra error is rounding the output to T. The bound: at most 2x the error of
+// a naive attention run in T (scores rounded to T, probabilities rounded to T,
+// output rounded to T, like an unfused framework), plus one ulp of T at max|v|.
+template <class T, class Mask>
+void check_low_precision(const Sizes& s, const Mask& mask, Rng& rng) {
+  Problem<T> p(s.n_q, s.n_k, s.heads, s.kv_heads, s.dim, s.q_offset, s.layout);
+  p.q.fill_random(rng, -2, 2);
+  p.k.fill_random(rng, -2, 2);
+  p.v.fill_random(rng, -1, 1);
+  ism::attention<T>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, mask, p.options());
+  Tensor<double> want(s.n_q, s.heads, s.dim);
+  std::vector<double> want_lse;
+  reference(p, mask, want, want_lse);
+
+  // Naive attention in T.
+  const float scale = 1.f / std::sqrt(float(s.dim));
+  const index_t group = s.heads / s.kv_heads;
+  double naive_err = 0;
+  std::vector<float> pr(size_t(s.n_k));
+  for (index_t h = 0; h < s.heads; ++h)
+    for (index_t t = 0; t < s.n_q; ++t) {
+      const ism::KeyRange keys = ism::visible_keys(mask, s.q_offset + t, s.n_k);
+      float mx = -std::numeric_limits<float>::infinity();
+      for (index_t j = keys.begin; j < keys.end; ++j) {
+        float dot = 0;
+        for (index_t d = 0; d < s.dim; ++d)
+          dot += ism::to_float(p.q.view(t, h, d)) * ism::to_float(p.k.view(j, h / group, d));
+        pr[size_t(j)] = ism::to_float(T(dot * scale));
+        mx = std::max(mx, pr[size_t(j)]);
+      }
+      float sum = 0;
+      for (index_t j = keys.begin; j < keys.end; ++j) sum += (pr[size_t(j)] = std::exp(pr[size_t(j)] - mx));
+      for (index_t d = 0; d < s.dim; ++d) {
+        float acc = 0;
+        for (index_t j = keys.begin; j < keys.end; ++j)
+          acc += ism::to_float(T(pr[size_t(j)] / sum)) * ism::to_float(p.v.view(j, h / group, d));
+        const double got = keys.empty() ? 0.0 : double(ism::to_float(T(acc)));
+        naive_err = std::max(naive_err, std::abs(got - want.view(t, h, d)));
+      }
+    }
+  const double ulp_t = std::is_same_v<T, Eigen::bfloat16> ? 0x1p-8 : 0x1p-11;
+  const double err = max_error(p.out, want);
+  EXPECT_LE(err, 2.0 * naive_err + ulp_t * max_abs_input(p.v))
+      << ism::type_name<T>() << " n_q=" << s.n_q << " n_k=" << s.n_k << " dim=" << s.dim << " naive error "
+      << naive_err;
+}
+
+TEST(CpuKernel, Bf16AndFp16WithinNaiveLowPrecisionError) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  for (int it = 0; it < 24; ++it) {
+    const Sizes s = random_sizes(rng, 1'500'000);
+    std::string desc;
+    const AnyMask mask = make_mask(MaskKind(rng.uniform(0, 5)), s.n_k, rng, &desc);
+    SCOPED_TRACE(desc);
+    std::visit(
+        [&](const auto& m) {
+          if (it % 2) check_low_precision<Eigen::bfloat16>(s, m, rng);
+          else check_low_precision<Eigen::half>(s, m, rng);
+        },
+        mask);
+  }
+}
+
+// Rows that see nothing (padding, and an empty cache) give 0 and LSE -inf.
+TEST(CpuKernel, RowsWithoutKeysGiveZeroAndMinusInfinity) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  const index_t dim = 64;
+  ism::SegmentMask m = ism::packed_mask({{{70, ism::Attend::Bidirectional}, {20, ism::Attend::Causal}}}, 80);
+  Problem<float> p(170, 170, 2, 1, dim, 0, 0);
+  p.q.fill_random(rng);
+  p.k.fill_random(rng);
+  p.v.fill_random(rng);
+  for (auto& x : p.out.buf) x = std::numeric_limits<float>::quiet_NaN();
+  ism::attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, m, p.options());
+  for (index_t h = 0; h < 2; ++h)
+    for (index_t t = 90; t < 170; ++t) {
+      ASSERT_TRUE(std::isinf(p.lse[size_t(h * 170 + t)]) && p.lse[size_t(h * 170 + t)] < 0);
+      for (index_t d = 0; d < dim; ++d) ASSERT_EQ(p.out.view(t, h, d), 0.f);
+    }
+  // No keys at all: every row is empty.
+  Problem<float> e(5, 0, 2, 2, dim, 0, 0);
+  e.q.fill_random(rng);
+  ism::attention<float>(e.q.cview(), e.k.cview(), e.v.cview(), e.out.view, ism::causal_mask(), e.options());
+  for (float l : e.lse) EXPECT_TRUE(std::isinf(l) && l < 0);
+  for (index_t t = 0; t < 5; ++t)
+    for (index_t d = 0; d < dim; ++d) EXPECT_EQ(e.out.view(t, 0, d), 0.f);
+}
+
+// Scores of magnitude up to 1e4: the online softmax must not overflow.
+TEST(CpuKernel, HugeScoresStayFinite) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  for (float sign : {1.f, -1.f}) {
+    Problem<float> p(200, 200, 2, 1, 64, 0, 0);
+    p.q.fill_random(rng);
+    p.k.fill_random(rng);
+    p.v.fill_random(rng);
+    AttentionOptions o = p.options();
+    o.scale = sign * 1e4f / 8;  // |score| up to 1e4 for |q.k| up to 8
+    ism::attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, ism::causal_mask(), o);
+    Tensor<double> want(200, 2, 64);
+    std::vector<double> want_lse;
+    reference(p, ism::causal_mask(), want, want_lse, o.scale);
+    for (float x : p.out.buf) ASSERT_TRUE(std::isfinite(x));
+    for (float x : p.lse) ASSERT_TRUE(std::isfinite(x));
+    // Score errors of ~1e4 * 64 * eps ~ 0.04 make near-ties between keys move
+    // weight around: compare loosely; the point is finite, sane output.
+    EXPECT_LE(max_error(p.out, want), 0.5);
+  }
+}
+
+template <class Mask>
+std::vector<float> run_with(const Problem<float>& p, const Mask& mask, int threads, const ism::ParallelFor& pf = {}) {
+  Tensor<float> out(p.n_q, p.heads, p.dim);
+  AttentionOptions o;
+  o.q_offset = p.q_offset;
+  o.threads = threads;
+  o.parallel_for = pf;
+  std::vector<float> lse(size_t(p.heads * p.n_q));
+  o.lse = lse.data();
+  ism::attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), out.view, mask, o);
+  out.buf.insert(out.buf.end(), lse.begin(), lse.end());
+  return out.buf;
+}
+
+// The plan does not depend on the thread count, so results are identical bit
+// for bit, for prefill and for the split-key decode path, and through a
+// caller's own parallel-for.
+TEST(CpuKernel, ThreadCountsAgree) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  for (index_t n_q : {index_t(300), index_t(1)}) {
+    const index_t n_k = n_q == 1 ? 3000 : 300;
+    Problem<float> p(n_q, n_k, 4, 2, 64, n_k - n_q, 0);
+    p.q.fill_random(rng);
+    p.k.fill_random(rng);
+    p.v.fill_random(rng);
+    const auto mask = ism::ism_mask({0, 100, 180, 250, n_k});
+    const auto one = run_with(p, mask, 1);
+    for (int t = 2; t <= 4; ++t) EXPECT_EQ(one, run_with(p, mask, t)) << t << " threads, n_q " << n_q;
+    std::atomic<int> calls{0};
+    std::set<index_t> seen;
+    const ism::ParallelFor pf = [&](index_t n, const std::function<void(index_t)>& body) {
+      ++calls;
+      for (index_t i = n - 1; i >= 0; --i) {  // reverse order: order must not matter
+        seen.insert(i);
+        body(i);
+      }
+    };
+    EXPECT_EQ(one, run_with(p, mask, 1, pf));
+    EXPECT_GE(calls.load(), 1);
+  }
+}
+
+// A decode step (one row against the cache: grouped rows, split keys, LSE
+// merge) agrees with the same row computed by the prefill path (a window of
+// more than tile_q rows per head ending at that row).
+TEST(CpuKernel, DecodeAgreesWithPrefill) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  for (int it = 0; it < 4; ++it) {
+    const index_t n = rng.uniform(600, 2500), dim = it % 2 ? 128 : 40, group = index_t(1) << rng.uniform(0, 3);
+    const index_t window = ism::cpu::tile_q + rng.uniform(1, 40);
+    Problem<float> p(window, n, 2 * group, 2, dim, n - window, 0);
+    p.q.fill_random(rng, -2, 2);
+    p.k.fill_random(rng, -2, 2);
+    p.v.fill_random(rng);
+    std::string desc;
+    const AnyMask mask = make_mask(MaskKind(rng.uniform(1, 4)), n, rng, &desc);
+    SCOPED_TRACE(::testing::Message() << desc << " n=" << n << " group=" << group << " dim=" << dim);
+    std::visit(
+        [&](const auto& m) {
+          ism::attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, m, p.options());
+          const index_t t = window - 1 - rng.uniform(0, 3);  // row within the window
+          ism::HeadsView<const float> q1 = p.q.cview();
+          q1.data = &p.q.view(t, 0, 0);
+          q1.tokens = 1;
+          Tensor<float> o1(1, p.heads, dim);
+          std::vector<float> lse1(size_t(p.heads));
+          AttentionOptions o;
+          o.q_offset = p.q_offset + t;
+          o.lse = lse1.data();
+          ism::attention<float>(q1, p.k.cview(), p.v.cview(), o1.view, m, o);
+          for (index_t h = 0; h < p.heads; ++h) {
+            for (index_t d = 0; d < dim; ++d) ASSERT_NEAR(o1.view(0, h, d), p.out.view(t, h, d), 2e-6);
+            ASSERT_NEAR(lse1[size_t(h)], p.lse[size_t(h * window + t)], 1e-5 * (1 + std::abs(lse1[size_t(h)])));
+          }
+        },
+        mask);
+  }
+}
+
+// Visited tiles equal the block map's Full + Partial tiles (Empty tiles are
+// never visited), per query head, for prefill and the grouped decode layout.
+TEST(CpuKernel, EmptyTilesAreNeverVisited) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  for (int it = 0; it < 12; ++it) {
+    const index_t n_k = rng.uniform(1, 1500);
+    const index_t n_q = it % 3 == 0 ? rng.uniform(1, std::min<index_t>(8, n_k)) : rng.uniform(1, n_k);
+    const index_t off = rng.uniform(0, n_k - n_q), group = it % 2 ? 4 : 1;
+    Problem<float> p(n_q, n_k, 2 * group, 2, 16, off, 0);
+    std::string desc;
+    const AnyMask mask = make_mask(MaskKind(rng.uniform(0, 5)), n_k, rng, &desc);
+    SCOPED_TRACE(::testing::Message() << desc << " n_q=" << n_q << " n_k=" << n_k << " off=" << off);
+    std::visit(
+        [&](const auto& m) {
+          const ism::BlockMap map(m, n_q, n_k, off, ism::cpu::tile_q, ism::cpu::tile_k);
+          std::atomic<index_t> visited{0};
+          ism::cpu::detail::visited_tiles = &visited;
+          ism::attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, m, p.options());
+          ism::cpu::detail::visited_tiles = nullptr;
+          const auto& st = map.stats();
+          EXPECT_EQ(visited.load(), (st.full + st.partial) * p.heads)
+              << "full " << st.full << " partial " << st.partial << " empty " << st.empty;
+        },
+        mask);
+  }
+}
+
+// Continuous batching: sequences with different lengths, masks and offsets
+// (some decoding, some prefilling) in one call, each against the reference.
+TEST(CpuKernel, BatchMatchesPerSequenceReference) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  const index_t dim = 64;
+  std::vector<Problem<float>> ps;
+  ps.reserve(6);  // views point into the buffers: no reallocation
+  std::vector<ism::SegmentMask> masks;
+  for (int i = 0; i < 6; ++i) {
+    const index_t n_k = rng.uniform(1, 700), n_q = i % 2 ? 1 : rng.uniform(1, n_k);
+    ps.emplace_back(n_q, n_k, 4, 2, dim, n_k - n_q, int(rng.uniform(0, 2)));
+    std::string desc;
+    masks.push_back(std::get<ism::SegmentMask>(make_mask(MaskKind::Packed, n_k, rng, &desc)));
+  }
+  std::vector<ism::AttentionRequest<float, ism::SegmentMask>> reqs;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    ps[i].q.fill_random(rng);
+    ps[i].k.fill_random(rng);
+    ps[i].v.fill_random(rng);
+    reqs.push_back({ps[i].q.cview(), ps[i].k.cview(), ps[i].v.cview(), ps[i].out.view, &masks[i], -1,
+                    ps[i].lse.data()});
+  }
+  AttentionOptions o;
+  o.threads = 2;
+  ism::attention_batch(reqs, o);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    Tensor<double> want(ps[i].n_q, 4, dim);
+    std::vector<double> want_lse;
+    reference(ps[i], masks[i], want, want_lse);
+    EXPECT_LE(max_error(ps[i].out, want), fp32_tolerance(1.0, 8.0, dim, ps[i].n_k)) << "sequence " << i;
+    for (size_t j = 0; j < want_lse.size(); ++j)
+      if (std::isinf(want_lse[j])) EXPECT_TRUE(std::isinf(ps[i].lse[j]));
+      else EXPECT_NEAR(ps[i].lse[j], want_lse[j], 1e-5);
+  }
+}
+
+// Bad input throws before anything is written.
+TEST(CpuKernel, BadInputThrowsAndWritesNothing) {
+  Problem<float> p(4, 4, 3, 2, 8, 0, 0);  // 3 query heads over 2 KV heads
+  for (auto& x : p.out.buf) x = 7.f;
+  EXPECT_THROW(ism::attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, ism::causal_mask()),
+               ism::invalid_argument);
+  for (float x : p.out.buf) EXPECT_EQ(x, 7.f);
+  Problem<float> ok(4, 4, 2, 2, 8, 0, 0);
+  std::vector<ism::AttentionRequest<float, ism::CausalMask>> reqs;
+  const ism::CausalMask causal;
+  reqs.push_back({ok.q.cview(), ok.k.cview(), ok.v.cview(), ok.out.view, &causal, -1, nullptr});
+  reqs.push_back({p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, &causal, -1, nullptr});
+  for (auto& x : ok.out.buf) x = 7.f;
+  EXPECT_THROW(ism::attention_batch(reqs), ism::invalid_argument);
+  for (float x : ok.out.buf) EXPECT_EQ(x, 7.f);
+}
+
+}  // namespace
+}  // namespace ism_test
