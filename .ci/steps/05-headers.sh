@@ -19,6 +19,7 @@ n=0
 while IFS= read -r h; do
   flags=()
   case "$h" in
+    include/ism/cuda.hpp) continue ;;  # nvcc only (its #error is checked by 50-cuda.sh)
     */simd/avx512*) flags=(-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c) ;;
     */simd/avx2*) flags=(-mavx2 -mfma -mf16c) ;;
     */simd/neon*)
