@@ -76,14 +76,17 @@ struct AttentionData {
 // ---------------------------------------------------------------------------
 // The mask kinds of the standard cases
 
-// ISM over [0, n) cut into `segments` equal segments (the last one takes the
-// remainder), alternating query (Bidirectional) and answer (Causal).
-inline SegmentMask equal_ism_mask(index_t n, index_t segments) {
+// Boundaries {0, ..., n} of `segments` equal segments (rounded down).
+inline std::vector<index_t> equal_boundaries(index_t n, index_t segments) {
   std::vector<index_t> b{0};
   for (index_t s = 1; s < segments; ++s) b.push_back(n * s / segments);
   b.push_back(n);
-  return ism_mask(b);
+  return b;
 }
+
+// ISM over [0, n) cut into `segments` equal segments, alternating query
+// (Bidirectional) and answer (Causal).
+inline SegmentMask equal_ism_mask(index_t n, index_t segments) { return ism_mask(equal_boundaries(n, segments)); }
 
 // Mask kinds by name: "none" (ism::full_mask), "causal", "prefix" (prefix-LM
 // with P = n/2) and "ismS" (ISM with S equal segments, e.g. "ism16"). Calls
@@ -157,9 +160,10 @@ inline bool blas_available(Blas b) {
 #endif
 }
 
-// Eigen parallelises its GEMM with OpenMP only; without it setNbThreads is a
-// no-op and a 2-thread Eigen case would silently measure one thread.
-inline bool eigen_threads_work(int threads) {
+// Eigen parallelises its GEMM with OpenMP only, and so do the baselines' own
+// loops; without OpenMP setNbThreads is a no-op and a 2-thread baseline would
+// silently measure one thread, so such cases are not registered.
+inline bool openmp_threads_work(int threads) {
 #ifdef _OPENMP
   (void)threads;
   return true;

@@ -1,0 +1,677 @@
+#!/usr/bin/env python3
+"""Runs the standard benchmark subset and renders bench/RESULTS.md with plots.
+
+One command, from the repository root:
+
+    python3 bench/report.py
+
+It configures a Release build in build-bench (benchmarks -O3 -march=native),
+builds the benchmark binaries, runs a fixed subset of cases (a few minutes on
+2 cores) with --benchmark_repetitions and --benchmark_out=json, and writes
+bench/RESULTS.md and bench/plots/*.png (gnuplot, installed with apt-get when
+missing). Options:
+
+    --build DIR      build directory (default build-bench)
+    --json-dir DIR   keep the raw JSON here (default DIR/report-json)
+    --render-only    skip building and running; render from existing JSON
+    --quick          one repetition and shorter case lists (a smoke run)
+
+Python 3 standard library only.
+"""
+import argparse
+import collections
+import datetime
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+PLOTS = os.path.join(BENCH, "plots")
+
+# ---------------------------------------------------------------------------
+# The standard subset. Each run: (tag, binary, filter, repetitions, min_time,
+# extra environment). Filters are Google Benchmark regexes over case names.
+
+def standard_runs(quick):
+    reps = 1 if quick else 3
+    ns = "512|1024" if quick else "512|1024|2048|4096"
+    big = "" if quick else "|^prefill/ism/[a-z0-9]+/fp32/N:8192/dim:128/"
+    gemm_ns = ns if quick else ns + "|8192"
+    caches = "1024|4096" if quick else "[0-9]+"
+    mask_ns = "1024" if quick else "1024|4096"
+    rounds = "1|2|4" if quick else "[0-9]+"
+    return [
+        # The fused kernel and the unfused Eigen path, every mask, fp32 dim 128.
+        ("prefill", "prefill_bench",
+         rf"^prefill/(ism|eigen)/[a-z0-9]+/fp32/N:({ns})/dim:128/{big}", reps, 0.1, {}),
+        # Element types and the smaller head dim at one length.
+        ("prefill-types", "prefill_bench",
+         r"^prefill/ism/[a-z0-9]+/(bf16|fp16)/N:2048/dim:128/|^prefill/ism/[a-z0-9]+/fp32/N:2048/dim:64/",
+         reps, 0.1, {}),
+        # SGEMM ceilings with each library's default kernels ...
+        ("sgemm", "prefill_bench",
+         rf"^sgemm/|^prefill/sgemm-(eigen|openblas)/any/fp32/N:({gemm_ns})/dim:128/", reps, 0.1, {}),
+        # ... and OpenBLAS told to use its AVX-512 kernels.
+        ("sgemm-skylakex", "prefill_bench",
+         rf"^sgemm/openblas/|^prefill/sgemm-openblas/any/fp32/N:({gemm_ns})/dim:128/", reps, 0.1,
+         {"OPENBLAS_CORETYPE": "SkylakeX"}),
+        ("decode", "decode_bench",
+         rf"^decode/ism/[a-z0-9]+/rows:(1|8)/cache:({caches})/|^decode/eigen/fp32/rows:(1|8)/cache:({caches})/threads:1/"
+         r"|^membw/", reps, 0.1, {}),
+        ("mask", "mask_bench",
+         rf"^mask/(build-ism|build-segments|build-packed|blockmap)/|^mask/(dense|attention)/N:({mask_ns})/",
+         reps, 0.1, {}),
+        ("dialogue", "dialogue_bench", rf"^dialogue/[a-z]+/round:({rounds})/threads:2/", reps, 0.01, {}),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Running
+
+
+def sh(cmd, **kw):
+    print("+", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def load_average():
+    with open("/proc/loadavg") as f:
+        return [float(x) for x in f.read().split()[:3]]
+
+
+def configure_and_build(build):
+    sh(["cmake", "-S", ROOT, "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+        "-DISM_BUILD_BENCHMARKS=ON", "-DISM_BUILD_TESTS=OFF", "-DISM_BUILD_EXAMPLES=OFF",
+        "-DISM_BENCH_NATIVE=ON", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"])
+    sh(["cmake", "--build", build, "-j", "2"])
+
+
+def run_binary(build, json_dir, tag, binary, flt, reps, min_time, env):
+    exe = os.path.join(build, "bench", binary)
+    out = os.path.join(json_dir, tag + ".json")
+    cmd = [exe, f"--benchmark_filter={flt}", f"--benchmark_min_time={min_time}",
+           f"--benchmark_repetitions={reps}", f"--benchmark_out={out}", "--benchmark_out_format=json"]
+    if reps > 1:
+        cmd.append("--benchmark_report_aggregates_only=true")
+    full_env = dict(os.environ, **env)
+    prefix = " ".join(f"{k}={v}" for k, v in env.items())
+    print(f"== {tag}: {prefix} {binary}", flush=True)
+    sh(cmd, env=full_env)
+    return out
+
+
+def ensure_gnuplot():
+    if shutil.which("gnuplot"):
+        return
+    apt = ["apt-get", "install", "-y", "gnuplot-nox"]
+    if os.geteuid() != 0:
+        apt = ["sudo"] + apt
+    sh(apt)
+
+
+# ---------------------------------------------------------------------------
+# Results
+
+
+def parse_name(name):
+    """'prefill/ism/causal/fp32/N:512/dim:64/threads:1/real_time' ->
+    (['prefill', 'ism', 'causal', 'fp32'], {'N': 512, 'dim': 64, 'threads': 1})"""
+    pos, kv = [], {}
+    for part in name.split("/"):
+        if part == "real_time":
+            continue
+        if ":" in part:
+            k, v = part.split(":", 1)
+            kv[k] = int(v) if re.fullmatch(r"-?\d+", v) else v
+        else:
+            pos.append(part)
+    return pos, kv
+
+
+UNIT = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+class Results:
+    """Median of the repetitions per (case, label); cv kept for the noise column."""
+
+    def __init__(self):
+        self.cases = {}  # (name, label) -> dict(time_s, cv, counters..., pos, kv)
+        self.contexts = []
+
+    def load(self, path):
+        with open(path) as f:
+            doc = json.load(f)
+        self.contexts.append(doc.get("context", {}))
+        cv = {}
+        for r in doc["benchmarks"]:
+            name = r.get("run_name", r["name"])
+            key = (name, r.get("label", ""))
+            if r.get("error_occurred"):
+                raise SystemExit(f"{path}: {name}: {r.get('error_message')}")
+            agg = r.get("aggregate_name")
+            if agg == "cv":
+                cv[key] = r["real_time"]  # a ratio, unitless
+                continue
+            if r.get("run_type") == "aggregate" and agg != "median":
+                continue
+            entry = {k: v for k, v in r.items() if isinstance(v, (int, float))}
+            entry["time_s"] = r["real_time"] * UNIT[r.get("time_unit", "ns")]
+            entry["pos"], entry["kv"] = parse_name(name)
+            entry["label"] = r.get("label", "")
+            self.cases[key] = entry
+        for key, v in cv.items():
+            if key in self.cases:
+                self.cases[key]["cv"] = v
+
+    def find(self, prefix_pos, label=None, **kv):
+        out = []
+        for (name, lab), e in self.cases.items():
+            if e["pos"][: len(prefix_pos)] != list(prefix_pos):
+                continue
+            if label is not None and not lab.startswith(label):
+                continue
+            if all(e["kv"].get(k) == v for k, v in kv.items()):
+                out.append(e)
+        return out
+
+    def one(self, prefix_pos, label=None, **kv):
+        found = self.find(prefix_pos, label, **kv)
+        return found[0] if found else None
+
+
+def fmt_time(s):
+    if s is None:
+        return "-"
+    if s >= 1:
+        return f"{s:.2f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def fmt(x, digits=1, suffix=""):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}{suffix}"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def gflops(e):
+    return e["flops"] / 1e9 if e and "flops" in e else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+# ---------------------------------------------------------------------------
+# Machine description
+
+
+def cmd_output(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def machine(build):
+    info = {}
+    lscpu = cmd_output(["lscpu"])
+    m = re.search(r"^Model name:\s*(.+)$", lscpu, re.M)
+    info["cpu"] = m.group(1).strip() if m else "unknown"
+    flags = re.search(r"^Flags:\s*(.+)$", lscpu, re.M)
+    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_tile"]
+    have = set(flags.group(1).split()) if flags else set()
+    info["isa"] = " ".join(f for f in wanted if f in have) or "unknown"
+    info["cores"] = os.cpu_count()
+    cache = os.path.join(build, "CMakeCache.txt")
+    cxx = "c++"
+    if os.path.exists(cache):
+        m = re.search(r"^CMAKE_CXX_COMPILER:\w+=(.+)$", open(cache).read(), re.M)
+        if m:
+            cxx = m.group(1)
+    info["compiler"] = cmd_output([cxx, "--version"]).splitlines()[0] if cmd_output([cxx, "--version"]) else cxx
+    info["flags"] = "unknown"
+    cc = os.path.join(build, "compile_commands.json")
+    if os.path.exists(cc):
+        for c in json.load(open(cc)):
+            if c["file"].endswith("bench/prefill_bench.cpp"):
+                parts = shlex.split(c["command"])
+                keep = [p for p in parts[1:] if p.startswith(("-O", "-march", "-std", "-f", "-D", "-W"))]
+                info["flags"] = " ".join(keep)
+    info["commit"] = cmd_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]) or "unknown"
+    dirty = cmd_output(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"])
+    if dirty:
+        info["commit"] += " (with uncommitted changes in the tree)"
+    return info
+
+
+# ---------------------------------------------------------------------------
+# Plots (gnuplot, PNG)
+
+
+def gnuplot(script, data, tmp):
+    """data: {name: [(x, y), ...]} written to tmp/name.dat; script refers to them."""
+    for name, pts in data.items():
+        with open(os.path.join(tmp, name + ".dat"), "w") as f:
+            for x, y in pts:
+                f.write(f"{x} {y}\n")
+    path = os.path.join(tmp, "plot.gp")
+    with open(path, "w") as f:
+        f.write("set terminal pngcairo size 900,560 font 'sans,11'\nset grid\nset key outside right\n")
+        f.write(script)
+    subprocess.run(["gnuplot", path], check=True, cwd=tmp)
+
+
+def gp_str(s):
+    """A gnuplot single-quoted string (a quote inside is written twice)."""
+    return "'" + s.replace("'", "''") + "'"
+
+
+def plot_series(tmp, out, title, xlabel, ylabel, series, logx=True, logy=False, hlines=()):
+    """series: [(legend, [(x, y)], style)]"""
+    data, plots = {}, []
+    for i, (legend, pts, style) in enumerate(series):
+        pts = [(x, y) for x, y in pts if y is not None]
+        if not pts:
+            continue
+        data[f"s{i}"] = pts
+        plots.append(f"'s{i}.dat' using 1:2 with linespoints {style} title {gp_str(legend)}")
+    for i, (legend, y) in enumerate(hlines):
+        if y is not None:
+            plots.append(f"{y} with lines dashtype 2 lw 2 title {gp_str(legend)}")
+    if not plots:
+        return False
+    script = (f"set output {gp_str(out)}\nset title {gp_str(title)}\nset xlabel {gp_str(xlabel)}\n"
+              f"set ylabel {gp_str(ylabel)}\n")
+    if logx:
+        script += "set logscale x 2\n"
+    if logy:
+        script += "set logscale y\n"
+    script += "plot " + ", \\\n  ".join(plots) + "\n"
+    gnuplot(script, data, tmp)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# The report
+
+MASKS = ["none", "causal", "prefix", "ism4", "ism16", "ism64"]
+MASK_TITLE = {"none": "none", "causal": "causal", "prefix": "prefix-LM P=N/2", "ism4": "ISM 4 seg",
+              "ism16": "ISM 16 seg", "ism64": "ISM 64 seg"}
+
+
+def sgemm_square(res, threads):
+    """Best square SGEMM rate (GFLOP/s) per backend label at a thread count."""
+    out = {}
+    for e in res.find(["sgemm"], threads=threads):
+        out[e["label"]] = gflops(e)
+    return out
+
+
+def ceiling(res, threads):
+    """The machine's SGEMM rate: the fastest backend on the square GEMM."""
+    rates = sgemm_square(res, threads)
+    if not rates:
+        return None, None
+    label = max(rates, key=rates.get)
+    return rates[label], label
+
+
+def acceptance(res):
+    """Issue 3's speed criteria from the prefill cases (fp32, H=8, D=128, ISM 16)."""
+    rows = []
+    for n in (2048, 4096):
+        def t(impl, mask, threads=1):
+            e = res.one(["prefill", impl, mask, "fp32"], N=n, dim=128, threads=threads)
+            return e["time_s"] if e else None
+
+        ism1 = res.one(["prefill", "ism", "ism16", "fp32"], N=n, dim=128, threads=1)
+        peak, peak_label = ceiling(res, 1)
+        frac = ratio(gflops(ism1), peak)
+        speedup = ratio(t("eigen", "ism16"), t("ism", "ism16"))
+        ism_causal = ratio(t("ism", "ism16"), t("ism", "causal"))
+        causal_none = ratio(t("ism", "causal"), t("ism", "none"))
+        scaling = ratio(t("ism", "ism16", 1), t("ism", "ism16", 2))
+
+        def ok(x, good):
+            return "-" if x is None else ("yes" if good(x) else "**no**")
+
+        rows += [
+            [n, f"useful GFLOP/s / SGEMM ({peak_label}, {fmt(peak, 0)} GFLOP/s)", fmt(frac, 2), ">= 0.60",
+             ok(frac, lambda x: x >= 0.6)],
+            [n, "fused vs unfused Eigen (time ratio)", fmt(speedup, 2, "x"), ">= 3x", ok(speedup, lambda x: x >= 3)],
+            [n, "ISM 16 / causal (time)", fmt(ism_causal, 2), "<= 1.10", ok(ism_causal, lambda x: x <= 1.10)],
+            [n, "causal / none (time)", fmt(causal_none, 2), "<= 0.60", ok(causal_none, lambda x: x <= 0.60)],
+            [n, "1 thread / 2 threads (time)", fmt(scaling, 2, "x"), ">= 1.8x", ok(scaling, lambda x: x >= 1.8)],
+        ]
+    return table(["N", "criterion (fp32, H=8, D=128, ISM 16 segments, 1 thread)", "measured", "target", "met"], rows)
+
+
+def prefill_section(res, tmp, plots):
+    md = []
+    ns = sorted({e["kv"]["N"] for e in res.find(["prefill", "ism"], dim=128) if e["pos"][3] == "fp32"})
+    for threads in (1, 2):
+        peak, peak_label = ceiling(res, threads)
+        rows = []
+        for mask in MASKS:
+            row = [MASK_TITLE[mask]]
+            for n in ns:
+                e = res.one(["prefill", "ism", mask, "fp32"], N=n, dim=128, threads=threads)
+                g = gflops(e)
+                row.append(f"{fmt_time(e['time_s'])} / {fmt(g, 0)} / {fmt(ratio(g, peak), 2)}" if e else "-")
+            rows.append(row)
+        for mask in ("none", "causal", "ism16"):
+            row = [f"Eigen unfused, {MASK_TITLE[mask]}"]
+            for n in ns:
+                e = res.one(["prefill", "eigen", mask, "fp32"], N=n, dim=128, threads=threads)
+                row.append(f"{fmt_time(e['time_s'])} / {fmt(gflops(e), 0)}" if e else "-")
+            rows.append(row)
+        for backend in ("eigen", "openblas"):
+            for e_label in sorted({e["label"] for e in res.find(["prefill", f"sgemm-{backend}"], threads=threads)}):
+                row = [f"attention GEMM pair, {e_label}"]
+                for n in ns:
+                    e = res.one(["prefill", f"sgemm-{backend}"], label=e_label, N=n, dim=128, threads=threads)
+                    row.append(f"{fmt_time(e['time_s'])} / {fmt(gflops(e), 0)}" if e else "-")
+                rows.append(row)
+        md.append(f"\n**{threads} thread{'s' if threads > 1 else ''}** — cells: time / useful GFLOP/s / fraction "
+                  f"of the square SGEMM rate ({peak_label}, {fmt(peak, 0)} GFLOP/s)\n\n")
+        md.append(table(["mask \\ N"] + [str(n) for n in ns], rows))
+
+    # Skipped tiles and density do not depend on the machine: one small table.
+    rows = []
+    for mask in MASKS:
+        e = res.one(["prefill", "ism", mask, "fp32"], N=4096, dim=128, threads=1) or res.one(
+            ["prefill", "ism", mask, "fp32"], dim=128, threads=1)
+        if e:
+            rows.append([MASK_TITLE[mask], e["kv"]["N"], fmt(e.get("density"), 3), fmt(e.get("skipped"), 3)])
+    md.append("\nMask density and the fraction of 64x64 tiles that are Empty (never visited):\n\n")
+    md.append(table(["mask", "N", "visible pairs / N^2", "Empty tiles"], rows))
+
+    series = []
+    for mask in MASKS:
+        pts = [(e["kv"]["N"], e["time_s"] * 1e3) for e in res.find(["prefill", "ism", mask, "fp32"], dim=128, threads=1)]
+        series.append((f"fused, {MASK_TITLE[mask]}", sorted(pts), ""))
+    for mask in ("none", "ism16"):
+        pts = [(e["kv"]["N"], e["time_s"] * 1e3) for e in res.find(["prefill", "eigen", mask, "fp32"], dim=128, threads=1)]
+        series.append((f"Eigen unfused, {MASK_TITLE[mask]}", sorted(pts), "dashtype 3"))
+    if plot_series(tmp, os.path.join(PLOTS, "prefill_latency.png"), "Prefill latency, fp32, H=8, D=128, 1 thread",
+                   "N (tokens)", "time (ms)", series, logy=True):
+        plots.append(("prefill_latency.png", "Prefill latency against N per mask kind (1 thread, log-log)"))
+
+    series = []
+    for threads in (1, 2):
+        peak, _ = ceiling(res, threads)
+        for mask in ("none", "causal", "ism16"):
+            pts = [(e["kv"]["N"], ratio(gflops(e), peak))
+                   for e in res.find(["prefill", "ism", mask, "fp32"], dim=128, threads=threads)]
+            series.append((f"{MASK_TITLE[mask]}, {threads}T", sorted(pts), "" if threads == 1 else "dashtype 2"))
+    if plot_series(tmp, os.path.join(PLOTS, "prefill_sgemm_fraction.png"),
+                   "Useful GFLOP/s as a fraction of the square SGEMM rate", "N (tokens)", "fraction of SGEMM",
+                   series, hlines=[("issue-3 target 0.6", 0.6)]):
+        plots.append(("prefill_sgemm_fraction.png", "Useful GFLOP/s of the fused kernel as a fraction of SGEMM"))
+    return "".join(md)
+
+
+def types_section(res):
+    rows = []
+    for mask in MASKS:
+        row = [MASK_TITLE[mask]]
+        for typ, dim in (("fp32", 128), ("bf16", 128), ("fp16", 128), ("fp32", 64)):
+            cells = []
+            for threads in (1, 2):
+                e = res.one(["prefill", "ism", mask, typ], N=2048, dim=dim, threads=threads)
+                cells.append(f"{fmt_time(e['time_s'])} ({fmt(gflops(e), 0)})" if e else "-")
+            row.append(" / ".join(cells))
+        rows.append(row)
+    return table(["mask", "fp32 D=128", "bf16 D=128", "fp16 D=128", "fp32 D=64"], rows)
+
+
+def bandwidth(res, threads):
+    """Streaming read bandwidth (GB/s) at the largest buffer measured."""
+    found = sorted(res.find(["membw", "read"], threads=threads), key=lambda e: e["kv"]["bytes"])
+    return (found[-1]["bytes_per_second"] / 1e9, found[-1]["kv"]["bytes"]) if found else (None, None)
+
+
+def decode_section(res, tmp, plots):
+    md = []
+    rows = []
+    for e in sorted(res.find(["membw", "read"]), key=lambda e: (e["kv"]["threads"], e["kv"]["bytes"])):
+        rows.append([f"{e['kv']['bytes'] >> 20} MiB", e["kv"]["threads"], fmt(e["bytes_per_second"] / 1e9, 1)])
+    md.append("Streaming read bandwidth (the decode floor once the cache outgrows the last-level cache):\n\n")
+    md.append(table(["buffer", "threads", "GB/s"], rows))
+    caches = sorted({e["kv"]["cache"] for e in res.find(["decode"])})
+    rows = []
+    for impl, typ in (("ism", "fp32"), ("ism", "bf16"), ("eigen", "fp32")):
+        for r in (1, 8):
+            for threads in (1, 2):
+                row = [f"{'fused' if impl == 'ism' else 'Eigen unfused'} {typ}", r, threads]
+                any_found = False
+                for c in caches:
+                    e = res.one(["decode", impl, typ], rows=r, cache=c, threads=threads)
+                    any_found |= e is not None
+                    row.append(f"{fmt_time(e['time_s'])} / {fmt(e['bytes_per_second'] / 1e9, 1)}" if e else "-")
+                if any_found:
+                    rows.append(row)
+    md.append("\nDecode, GQA 32 query / 8 KV heads, D=128; cells: time per step / GB/s of K+V read:\n\n")
+    md.append(table(["impl", "rows", "threads"] + [f"{c // 1024}k" for c in caches], rows))
+
+    series = []
+    for typ in ("fp32", "bf16"):
+        for r in (1, 8):
+            for threads in (1, 2):
+                pts = [(e["kv"]["cache"], e["bytes_per_second"] / 1e9)
+                       for e in res.find(["decode", "ism", typ], rows=r, threads=threads)]
+                series.append((f"{typ}, {r} row{'s' if r > 1 else ''}, {threads}T", sorted(pts),
+                               "" if threads == 1 else "dashtype 2"))
+    bw1, _ = bandwidth(res, 1)
+    bw2, _ = bandwidth(res, 2)
+    if plot_series(tmp, os.path.join(PLOTS, "decode_bandwidth.png"),
+                   "Decode: K+V bytes read per second vs the machine's read bandwidth", "cache (tokens)", "GB/s",
+                   series, hlines=[("read bandwidth 1T", bw1), ("read bandwidth 2T", bw2)]):
+        plots.append(("decode_bandwidth.png", "Decode K+V read rate against the streaming read bandwidth"))
+    return "".join(md)
+
+
+def mask_section(res):
+    rows = []
+    for n in sorted({e["kv"]["N"] for e in res.find(["mask"])}):
+        for s in sorted({e["kv"]["segments"] for e in res.find(["mask"], N=n)}):
+            def t(what):
+                e = res.one(["mask", what], N=n, segments=s)
+                return e["time_s"] if e else None
+
+            att = t("attention")
+            build = t("build-ism")
+            bm = t("blockmap")
+            share = ratio((build or 0) + (bm or 0), att) if att and build is not None and bm is not None else None
+            rows.append([n, s, fmt_time(build), fmt_time(t("build-segments")), fmt_time(t("build-packed")),
+                         fmt_time(bm), fmt_time(t("dense")), fmt_time(att),
+                         "-" if share is None else f"{share * 100:.3f}%"])
+    return table(["N", "segments", "ism_mask", "segment_mask", "packed_mask", "BlockMap 64x64", "dense_mask<float>",
+                  "attention (fp32, H=4, D=128, 1T)", "(build + BlockMap) / attention"], rows)
+
+
+def dialogue_section(res, tmp, plots):
+    rounds = sorted({e["kv"]["round"] for e in res.find(["dialogue"])})
+    threads = sorted({e["kv"]["threads"] for e in res.find(["dialogue"])})
+    if not rounds:
+        return "(no dialogue results)\n"
+    th = threads[-1]
+    rows = []
+    cum = collections.defaultdict(float)
+    for r in rounds:
+        row = [r]
+        for scheme in ("ism", "prefix", "causal"):
+            e = res.one(["dialogue", scheme], round=r, threads=th)
+            if e:
+                cum[scheme] += e["time_s"]
+                row.append(f"{fmt_time(e['time_s'])} ({e['prefill_ms']:.1f} + {e['decode_ms']:.1f})")
+            else:
+                row.append("-")
+        i = res.one(["dialogue", "ism"], round=r, threads=th)
+        p = res.one(["dialogue", "prefix"], round=r, threads=th)
+        c = res.one(["dialogue", "causal"], round=r, threads=th)
+        row.append(fmt(ratio(p and p["time_s"], i and i["time_s"]), 2, "x"))
+        row.append(fmt(ratio(i and i["time_s"], c and c["time_s"]), 2))
+        rows.append(row)
+    md = table(["round", "ISM: time (prefill ms + decode ms)", "prefix-LM", "causal", "prefix-LM / ISM",
+                "ISM / causal"], rows)
+    md += (f"\nWhole {rounds[-1]}-round dialogue (sum of the rounds measured): ISM {fmt_time(cum['ism'])}, "
+           f"prefix-LM {fmt_time(cum['prefix'])}, causal {fmt_time(cum['causal'])} ({th} threads).\n")
+    series = []
+    for scheme, title in (("ism", "ISM (KV cache reused)"), ("prefix", "multi-turn prefix-LM (recompute)"),
+                          ("causal", "causal (floor)")):
+        pts = [(e["kv"]["round"], e["time_s"] * 1e3) for e in res.find(["dialogue", scheme], threads=th)]
+        series.append((title, sorted(pts), ""))
+    if plot_series(tmp, os.path.join(PLOTS, "dialogue_rounds.png"),
+                   f"Per-round attention latency of a dialogue ({th} threads)", "round", "latency (ms)", series,
+                   logx=False, logy=True):
+        plots.append(("dialogue_rounds.png", "Per-round latency: ISM vs multi-turn prefix-LM vs causal"))
+    return md
+
+
+def kernel_section(res_kernel):
+    if res_kernel is None:
+        return ("bench/kernel_bench was not built when this report ran; the acceptance table above comes from "
+                "prefill_bench cases of the same shape.\n")
+    rows = []
+    for (name, label), e in sorted(res_kernel.cases.items()):
+        counters = ", ".join(f"{k}={e[k] / 1e9:.1f}G" if k == "flops" else f"{k}={e[k]:.3g}"
+                             for k in sorted(e) if k not in ("time_s", "real_time", "cpu_time", "iterations",
+                                                             "repetitions", "repetition_index", "threads",
+                                                             "family_index", "per_family_instance_index", "cv",
+                                                             "pos", "kv", "label"))
+        rows.append([name, label, fmt_time(e["time_s"]), fmt(e.get("cv", None) and e["cv"] * 100, 1, "%"), counters])
+    return table(["case", "label", "time (median)", "cv", "counters"], rows)
+
+
+def render(build, json_dir, meta):
+    res = Results()
+    tags = [r[0] for r in standard_runs(meta.get("quick", False))]
+    for tag in tags:
+        path = os.path.join(json_dir, tag + ".json")
+        if os.path.exists(path):
+            res.load(path)
+    res_kernel = None
+    kpath = os.path.join(json_dir, "kernel.json")
+    if os.path.exists(kpath):
+        res_kernel = Results()
+        res_kernel.load(kpath)
+
+    os.makedirs(PLOTS, exist_ok=True)
+    plots = []
+    info = machine(build)
+    ctx = res.contexts[0] if res.contexts else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        prefill = prefill_section(res, tmp, plots)
+        decode = decode_section(res, tmp, plots)
+        dialogue = dialogue_section(res, tmp, plots)
+    load_before, load_after = meta.get("load_before"), meta.get("load_after")
+    busy = any(x is not None and x[0] > 1.0 for x in (load_before, load_after))
+    peak1, label1 = ceiling(res, 1)
+
+    md = [
+        "# ism benchmark results\n\n",
+        "Regenerate with one command from the repository root (a few minutes on 2 cores; needs the packages of "
+        "`scripts/deps.sh` and gnuplot, which it installs when missing):\n\n",
+        "```\npython3 bench/report.py\n```\n\n",
+        "| | |\n|---|---|\n",
+        f"| date | {meta.get('date', 'unknown')} |\n",
+        f"| CPU | {info['cpu']}, {info['cores']} cores ({ctx.get('num_cpus', '?')} seen by the benchmark, "
+        f"{ctx.get('mhz_per_cpu', '?')} MHz), {info['isa']} |\n",
+        f"| compiler | {info['compiler']} |\n",
+        f"| flags | `{info['flags']}` |\n",
+        f"| commit | {info['commit']} |\n",
+        f"| OpenBLAS | {', '.join(sorted({e['label'] for e in res.find(['sgemm', 'openblas'])})) or 'absent'} |\n",
+        f"| load average (1 min) | before {fmt(load_before and load_before[0], 2)}, after "
+        f"{fmt(load_after and load_after[0], 2)} |\n",
+        f"| command | `{meta.get('command', 'python3 bench/report.py')}` |\n\n",
+    ]
+    if busy:
+        md.append("**Note:** the load average shows other work running on this 2-core machine during the run "
+                  "(other builds); absolute times are pessimistic and 2-thread numbers suffer most. Ratios within "
+                  "one table are more reliable than absolute numbers.\n\n")
+    md.append("Times are medians of the repetitions (wall clock). Useful GFLOP/s = 4 x dim x visible (query, key) "
+              "pairs x heads / time: masked-out pairs count for nothing, so skipping them is the only way to gain "
+              "from a mask. Debian's Google Benchmark library prints \"built as DEBUG\"; that concerns the "
+              "harness library, not the code measured.\n\n")
+
+    md.append("## Kernel acceptance (issue 3)\n\n")
+    md.append(acceptance(res))
+    md.append("\nFrom the `prefill_bench` cases of that shape in this run. SGEMM rate: the best square 2048 SGEMM "
+              f"among Eigen and OpenBLAS at 1 thread ({label1}: {fmt(peak1, 0)} GFLOP/s).\n\n")
+    md.append("### bench/kernel_bench (the kernel's own acceptance benchmark)\n\n")
+    md.append(kernel_section(res_kernel))
+
+    md.append("\n## Prefill (fp32, H=8 heads, D=128)\n")
+    md.append(prefill)
+    md.append("\n## Element types and head dim (N=2048, H=8; cells: time (useful GFLOP/s), 1 thread / 2 threads)\n\n")
+    md.append(types_section(res))
+    md.append("\n## Decode\n\n")
+    md.append(decode)
+    md.append("\n## Mask cost next to the attention it feeds\n\n")
+    md.append(mask_section(res))
+    md.append("\n## Multi-round dialogue (the paper's latency claim, attention only)\n\n")
+    md.append("Each round: a 128-token query, then a 64-token answer decoded one token at a time; GQA 32/8 heads, "
+              "D=128, fp32. ISM and causal prefill only the new query rows against the KV cache; the multi-turn "
+              "prefix-LM must recompute attention over the whole history each round (and, in a model, the "
+              "projections too, which this attention-only benchmark does not count).\n\n")
+    md.append(dialogue)
+    md.append("\n## Plots\n\n")
+    for png, caption in plots:
+        md.append(f"![{caption}](plots/{png})\n\n*{caption}*\n\n")
+    with open(os.path.join(BENCH, "RESULTS.md"), "w") as f:
+        f.write("".join(md))
+    print(f"wrote {os.path.join(BENCH, 'RESULTS.md')} and {len(plots)} plots in {PLOTS}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default=os.path.join(ROOT, "build-bench"))
+    ap.add_argument("--json-dir", default=None)
+    ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    build = os.path.abspath(args.build)
+    json_dir = os.path.abspath(args.json_dir or os.path.join(build, "report-json"))
+    os.makedirs(json_dir, exist_ok=True)
+    meta_path = os.path.join(json_dir, "meta.json")
+    ensure_gnuplot()
+
+    if not args.render_only:
+        configure_and_build(build)
+        meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "command": "python3 bench/report.py" + (" --quick" if args.quick else ""),
+                "quick": args.quick, "load_before": load_average()}
+        for f in os.listdir(json_dir):
+            if f.endswith(".json"):
+                os.remove(os.path.join(json_dir, f))
+        for tag, binary, flt, reps, min_time, env in standard_runs(args.quick):
+            run_binary(build, json_dir, tag, binary, flt, reps, min_time, env)
+        if os.path.exists(os.path.join(build, "bench", "kernel_bench")):
+            run_binary(build, json_dir, "kernel", "kernel_bench", ".", 1 if args.quick else 3, 0.1, {})
+        meta["load_after"] = load_average()
+        with open(meta_path, "w") as f:
+            json.dump(meta, f)
+    with open(meta_path) as f:
+        meta = json.load(f)
+    render(build, json_dir, meta)
+
+
+if __name__ == "__main__":
+    main()
