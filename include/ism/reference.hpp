@@ -32,10 +32,8 @@ void reference_attention_into(HeadsView<const In> q, HeadsView<const In> k, Head
       // output of every row that sees it, not be skipped by `>` and turn the
       // row into an "empty" one.
       double m = neg_inf;
-      index_t seen = 0;
       for (index_t j = 0; j < s.n_k; ++j) {
         if (!allowed(t, j)) continue;
-        ++seen;
         const In* kr = k.row(j, kh);
         double dot = 0;
         for (index_t d = 0; d < s.dim; ++d) dot += double(to_float(qr[d])) * double(to_float(kr[d]));
@@ -43,9 +41,12 @@ void reference_attention_into(HeadsView<const In> q, HeadsView<const In> k, Head
         p[size_t(j)] = score;
         if (std::isnan(score) || score > m) m = score;  // once NaN, `score > m` is always false
       }
+      // No visible key, or only keys scored -inf (which Inf inputs can give):
+      // the row sees nothing, as under an additive -inf mask. Output 0, LSE -inf.
+      const bool empty = m == neg_inf;
       std::fill(acc.begin(), acc.end(), 0.0);
       double sum = 0;
-      for (index_t j = 0; j < s.n_k && seen > 0; ++j) {
+      for (index_t j = 0; j < s.n_k && !empty; ++j) {
         if (!allowed(t, j)) continue;
         const double w = std::exp(p[size_t(j)] - m);
         sum += w;
@@ -54,13 +55,13 @@ void reference_attention_into(HeadsView<const In> q, HeadsView<const In> k, Head
       }
       Out* o = out.row(t, h);
       for (index_t d = 0; d < s.dim; ++d) {
-        // Only a row that sees no key is defined as 0; non-finite inputs give
-        // whatever the arithmetic gives (NaN or +-Inf), never a silent 0.
-        const double x = seen > 0 ? acc[size_t(d)] / sum : 0.0;
+        // Non-finite inputs give whatever the arithmetic gives (NaN or +-Inf),
+        // never a silent 0.
+        const double x = empty ? 0.0 : acc[size_t(d)] / sum;
         if constexpr (std::is_same_v<Out, double>) o[d] = x;
         else o[d] = from_float<Out>(float(x));
       }
-      if (lse) lse[h * s.n_q + t] = seen > 0 ? LseT(m + std::log(sum)) : LseT(neg_inf);
+      if (lse) lse[h * s.n_q + t] = empty ? LseT(neg_inf) : LseT(m + std::log(sum));
     }
   }
 }
