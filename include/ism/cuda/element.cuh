@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <Eigen/Core>
+#include <cstring>
 #include <type_traits>
 
 #include "ism/cuda/check.cuh"
@@ -50,40 +51,26 @@ static_assert(sizeof(Eigen::bfloat16) == sizeof(__nv_bfloat16) &&
               "Eigen::bfloat16 must be layout-identical to __nv_bfloat16");
 
 template <class T>
-__device__ inline float to_float(T x);
-template <>
-__device__ inline float to_float(__half x) {
-  return __half2float(x);
-}
-template <>
-__device__ inline float to_float(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-
-template <class T>
-__device__ inline T from_float(float x);
-template <>
-__device__ inline __half from_float(float x) {
-  return __float2half_rn(x);
-}
-template <>
-__device__ inline __nv_bfloat16 from_float(float x) {
-  return __float2bfloat16_rn(x);
+__device__ inline T from_float(float x) {
+  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(x);
+  else return __float2bfloat16_rn(x);
 }
 
 // Two floats rounded into one 32-bit register; `lo` lands in the low half,
 // which is the element with the smaller index in an mma fragment.
 template <class T>
-__device__ inline unsigned pack2(float lo, float hi);
-template <>
-__device__ inline unsigned pack2<__half>(float lo, float hi) {
-  __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<unsigned*>(&h);
-}
-template <>
-__device__ inline unsigned pack2<__nv_bfloat16>(float lo, float hi) {
-  __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<unsigned*>(&h);
+__device__ inline unsigned pack2(float lo, float hi) {
+  unsigned r;
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    static_assert(sizeof(h) == sizeof(r));
+    memcpy(&r, &h, sizeof(r));
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    static_assert(sizeof(h) == sizeof(r));
+    memcpy(&r, &h, sizeof(r));
+  }
+  return r;
 }
 
 }  // namespace ism::cuda

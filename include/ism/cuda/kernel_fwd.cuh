@@ -8,6 +8,7 @@
 // block that is not Full gets its scores clipped to each row's [lo, hi).
 #include "ism/cuda/block_plan.hpp"
 #include "ism/cuda/element.cuh"
+#include "ism/cuda/fragment.hpp"
 #include "ism/cuda/kernel_traits.cuh"
 #include "ism/cuda/mma.cuh"
 
@@ -47,7 +48,6 @@ __global__ void __launch_bounds__(Traits::kThreads)
   T* kv_s = q_s + BM * S;  // stage st: K at kv_s + st * 2 * BN * S, V right after K
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int g = lane >> 2, tq = lane & 3;
   // Later query blocks see more keys under every mask here; launching them
   // first keeps the tail of the grid short.
   const index_t qb = index_t(gridDim.x) - 1 - blockIdx.x;
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
   cp_async_commit();
 
   // This thread's two rows (g and g + 8 of the warp's 16) and what they see.
-  const int r_lo = warp * 16 + g;
+  const int r_lo = warp * 16 + frag::c_row(lane, 0);
   const bool warp_active = warp * 16 < rows;
   KeyRange seen[2];
   for (int i = 0; i < 2; ++i) seen[i] = visible_keys(mask, q0 + r_lo + 8 * i, p.n_k);
@@ -109,11 +109,11 @@ __global__ void __launch_bounds__(Traits::kThreads)
     for (int kk = 0; kk < D / 16; ++kk) {
       if (kGeneric && kk * 16 >= cols) break;
       unsigned a[4];
-      ldmatrix_x4(a, q_s + (warp * 16 + (lane & 15)) * S + kk * 16 + (lane >> 4) * 8);
+      ldmatrix_x4(a, q_s + (warp * 16 + frag::a_row(lane)) * S + kk * 16 + frag::a_col(lane));
 #pragma unroll
       for (int j = 0; j < BN / 8; j += 2) {
         unsigned bk[4];  // B fragments of key tiles j and j + 1
-        ldmatrix_x4(bk, k_s + (j * 8 + (lane & 7) + ((lane >> 4) << 3)) * S + kk * 16 + ((lane >> 3) & 1) * 8);
+        ldmatrix_x4(bk, k_s + (j * 8 + frag::bt_row(lane)) * S + kk * 16 + frag::bt_col(lane));
         mma_16816<T>(s[j], a, bk[0], bk[1]);
         mma_16816<T>(s[j + 1], a, bk[2], bk[3]);
       }
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         float x = s[j][e] * p.scale_log2;
-        if (!full && !seen[e >> 1].contains(key0 + j * 8 + 2 * tq + (e & 1))) x = neg_infinity();
+        if (!full && !seen[e >> 1].contains(key0 + j * 8 + frag::c_col(lane, e))) x = neg_infinity();
         s[j][e] = x;
       }
 
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
       for (int n = 0; n < D / 8; n += 2) {
         if (kGeneric && n * 8 >= cols) break;
         unsigned bv[4];  // B fragments of output columns n*8.. and n*8+8..
-        ldmatrix_x4_trans(bv, v_s + (c * 16 + (lane & 15)) * S + n * 8 + (lane >> 4) * 8);
+        ldmatrix_x4_trans(bv, v_s + (c * 16 + frag::b_row(lane)) * S + n * 8 + frag::b_col(lane));
         mma_16816<T>(o[n], a, bv[0], bv[1]);
         mma_16816<T>(o[n + 1], a, bv[2], bv[3]);
       }
@@ -208,10 +208,10 @@ __global__ void __launch_bounds__(Traits::kThreads)
 #pragma unroll
       for (int n = 0; n < D / 8; ++n) {
         if (kGeneric && n * 8 >= cols) break;
-        *reinterpret_cast<float2*>(dst + n * 8 + 2 * tq) =
+        *reinterpret_cast<float2*>(dst + n * 8 + frag::c_col(lane, 0)) =
             make_float2(o[n][2 * i] * inv[i], o[n][2 * i + 1] * inv[i]);
       }
-      if (tq == 0) p.part_lse[part_row0 + r] = lse[i];
+      if (frag::c_col(lane, 0) == 0) p.part_lse[part_row0 + r] = lse[i];
     }
     return;
   }
@@ -224,7 +224,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
     if (kGeneric && n * 8 >= cols) break;
 #pragma unroll
     for (int i = 0; i < 2; ++i)
-      *reinterpret_cast<unsigned*>(q_s + (r_lo + 8 * i) * S + n * 8 + 2 * tq) =
+      *reinterpret_cast<unsigned*>(q_s + (r_lo + 8 * i) * S + n * 8 + frag::c_col(lane, 0)) =
           pack2<T>(o[n][2 * i] * inv[i], o[n][2 * i + 1] * inv[i]);
   }
   __syncwarp();
@@ -244,7 +244,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
       out_g[r * p.out_token_stride + c] = stage_rows[r * S + c];
     }
   }
-  if (p.lse != nullptr && tq == 0)
+  if (p.lse != nullptr && frag::c_col(lane, 0) == 0)
     for (int i = 0; i < 2; ++i)
       if (r_lo + 8 * i < rows) p.lse[h * p.n_q + t0 + r_lo + 8 * i] = lse[i];
 }
