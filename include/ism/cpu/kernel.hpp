@@ -164,10 +164,11 @@ void attend_rows(const TileRow<T>* rows, index_t nrows, index_t heads, const KV&
     }
     return;
   }
-  // l == 0 means the row saw no key: output 0, LSE -inf (never 0/0).
+  // l == 0 means the row saw no key: output 0, LSE -inf (never 0/0). A NaN l
+  // (a NaN score) is not "no key": it makes the row NaN, as it should.
   for (index_t r = 0; r < nrows; ++r) {
     const float l = ws.l[r];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float inv = l == 0.f ? 0.f : 1.f / l;
     const typename S::V vinv = S::set1(inv);
     const float* o = ws.o + r * dp;
     T* out = rows[r].out;
@@ -175,8 +176,8 @@ void attend_rows(const TileRow<T>* rows, index_t nrows, index_t heads, const KV&
     for (; d + W <= dim; d += W) S::store(out + d, S::mul(S::load(o + d), vinv));
     for (; d < dim; ++d) out[d] = from_float<T>(o[d] * inv);
     if (rows[r].lse)
-      *rows[r].lse = l > 0.f ? (ws.m[r] + std::log2(l)) * 0.6931471805599453f
-                             : -std::numeric_limits<float>::infinity();
+      *rows[r].lse = l == 0.f ? -std::numeric_limits<float>::infinity()
+                              : (ws.m[r] + std::log2(l)) * 0.6931471805599453f;
   }
 }
 

@@ -13,6 +13,7 @@
 //
 // Scores are in log2 units (Q is pre-scaled by scale * log2(e)) so the softmax
 // is exp2, which the vocabulary computes directly.
+#include <algorithm>
 #include <limits>
 #include <type_traits>
 
@@ -48,19 +49,23 @@ inline void score_block(const float* qt, const float* kp, float* st, index_t dp)
     S::store(st + jb * tile_q + ib * W, acc[jb][ib]);
 }
 
-// o[i0.., dv0..] = alpha[i] * o + sum_j st[j][i] * vp[j][dv0..] for IR rows x
-// OV dim vectors: the online-softmax rescale folded into the accumulator load.
+// o[i0.., dv0..] = alpha[i] * o + sum_{j in [j0, j1)} st[j][i] * vp[j][dv0..]
+// for IR rows x OV dim vectors: the online-softmax rescale folded into the
+// accumulator load (alpha null: no rescale, for the ragged edge of a row).
 template <class S, int IR, int OV>
-inline void output_block(float* o, const float* st, const float* vp, const float* alpha, index_t nk,
+inline void output_block(float* o, const float* st, const float* vp, const float* alpha, index_t j0, index_t j1,
                          index_t dp) {
   using V = typename S::V;
   constexpr int W = S::width;
   V acc[IR][OV];
   ISM_UNROLL for (int ir = 0; ir < IR; ++ir) {
-    const V a = S::set1(alpha[ir]);
-    ISM_UNROLL for (int ov = 0; ov < OV; ++ov) acc[ir][ov] = S::mul(S::load(o + ir * dp + ov * W), a);
+    ISM_UNROLL for (int ov = 0; ov < OV; ++ov) acc[ir][ov] = S::load(o + ir * dp + ov * W);
+    if (alpha) {
+      const V a = S::set1(alpha[ir]);
+      ISM_UNROLL for (int ov = 0; ov < OV; ++ov) acc[ir][ov] = S::mul(acc[ir][ov], a);
+    }
   }
-  for (index_t j = 0; j < nk; ++j) {
+  for (index_t j = j0; j < j1; ++j) {
     V v[OV];
     ISM_UNROLL for (int ov = 0; ov < OV; ++ov) v[ov] = S::load(vp + j * dp + ov * W);
     ISM_UNROLL for (int ir = 0; ir < IR; ++ir) {
@@ -143,19 +148,45 @@ inline void attend_tile(Workspace& ws, index_t nrows, index_t nk) {
     S::store(ws.m + iv * W, mx);
   }
 
-  // 3. o = alpha * o + P V.
+  // 3. o = alpha * o + P V over the dim vectors, a block of rows at a time.
   const index_t dv = dp / W;
-  for (index_t i0 = 0; i0 < nrows; i0 += S::o_rows) {
-    const int ir = static_cast<int>(nrows - i0 < S::o_rows ? nrows - i0 : S::o_rows);
+  auto rows_times_v = [&](index_t i0, int ir, const float* alpha, index_t j0, index_t j1) {
     with_block<S::o_rows>(ir, [&](auto IR) {
       for (index_t v0 = 0; v0 < dv; v0 += S::o_vecs) {
         const int ov = static_cast<int>(dv - v0 < S::o_vecs ? dv - v0 : S::o_vecs);
         with_block<S::o_vecs>(ov, [&](auto OV) {
           output_block<S, decltype(IR)::value, decltype(OV)::value>(ws.o + i0 * dp + v0 * W, ws.st + i0,
-                                                                    ws.vp + v0 * W, ws.alpha + i0, nk, dp);
+                                                                    ws.vp + v0 * W, alpha, j0, j1, dp);
         });
       }
     });
+  };
+  for (index_t i0 = 0; i0 < nrows; i0 += S::o_rows) {
+    const int ir = static_cast<int>(nrows - i0 < S::o_rows ? nrows - i0 : S::o_rows);
+    if constexpr (!Partial) {
+      rows_times_v(i0, ir, ws.alpha + i0, 0, nk);
+    } else {
+      // A row reads only the keys it sees: a masked key's probability is 0,
+      // but 0 * v is NaN when v is NaN or Inf, and a masked value must not
+      // reach a row that cannot see it. So the block runs the keys all its
+      // rows see, and each row adds its own ragged edges alone.
+      index_t b[S::o_rows], e[S::o_rows], c0 = 0, c1 = nk;
+      for (int r = 0; r < ir; ++r) {
+        b[r] = std::clamp<index_t>(static_cast<index_t>(ws.lo[i0 + r]), 0, nk);
+        e[r] = std::clamp<index_t>(static_cast<index_t>(ws.hi[i0 + r]), 0, nk);
+        c0 = std::max(c0, b[r]);
+        c1 = std::min(c1, e[r]);
+      }
+      if (c0 < c1) {
+        rows_times_v(i0, ir, ws.alpha + i0, c0, c1);
+        for (int r = 0; r < ir; ++r) {
+          rows_times_v(i0 + r, 1, nullptr, b[r], c0);
+          rows_times_v(i0 + r, 1, nullptr, c1, e[r]);
+        }
+      } else {
+        for (int r = 0; r < ir; ++r) rows_times_v(i0 + r, 1, ws.alpha + i0 + r, b[r], e[r]);
+      }
+    }
   }
 }
 

@@ -49,7 +49,9 @@ struct Avx2 {
 
   static V exp2(V x) {
     namespace c = exp2_poly;
-    x = _mm256_min_ps(_mm256_max_ps(x, set1(c::min_arg)), set1(c::max_arg));
+    // min/max return their second operand when one is NaN: x goes second so a
+    // NaN argument stays NaN (a NaN score must poison its row, not vanish).
+    x = _mm256_min_ps(set1(c::max_arg), _mm256_max_ps(set1(c::min_arg), x));
     const V n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = _mm256_sub_ps(x, n);
     V p = set1(c::c0);

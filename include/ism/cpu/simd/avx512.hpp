@@ -48,7 +48,9 @@ struct Avx512 {
 
   static V exp2(V x) {
     namespace c = exp2_poly;
-    x = _mm512_maskz_min_ps(avx512_detail::all, max(x, set1(c::min_arg)), set1(c::max_arg));
+    // min/max return their second operand when one is NaN: x goes second so a
+    // NaN argument stays NaN (a NaN score must poison its row, not vanish).
+    x = _mm512_maskz_min_ps(avx512_detail::all, set1(c::max_arg), max(set1(c::min_arg), x));
     const V n = _mm512_maskz_roundscale_ps(avx512_detail::all, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = _mm512_sub_ps(x, n);
     V p = set1(c::c0);

@@ -40,7 +40,7 @@ struct Neon {
 
   static V exp2(V x) {
     namespace c = exp2_poly;
-    x = vminq_f32(vmaxq_f32(x, set1(c::min_arg)), set1(c::max_arg));
+    x = vminq_f32(vmaxq_f32(x, set1(c::min_arg)), set1(c::max_arg));  // NaN stays NaN
     const V n = vrndnq_f32(x);
     const V f = vsubq_f32(x, n);
     V p = set1(c::c0);

@@ -26,7 +26,7 @@ struct Scalar {
   static V add(V a, V b) { return a + b; }
   static V sub(V a, V b) { return a - b; }
   static V mul(V a, V b) { return a * b; }
-  static V max(V a, V b) { return a > b ? a : b; }
+  static V max(V a, V b) { return a > b ? a : b; }  // b when either is NaN, as x86
   static V fma(V a, V b, V c) { return std::fma(a, b, c); }  // a * b + c
   static float reduce_add(V a) { return a; }
   static float reduce_max(V a) { return a; }
@@ -35,6 +35,7 @@ struct Scalar {
 
   static V exp2(V x) {
     namespace c = exp2_poly;
+    if (x != x) return x;  // NaN stays NaN (and never reaches the int conversion)
     x = x < c::min_arg ? c::min_arg : (x > c::max_arg ? c::max_arg : x);  // also maps -inf
     const float n = std::nearbyint(x);
     const float f = x - n;
