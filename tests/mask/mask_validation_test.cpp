@@ -69,9 +69,13 @@ struct Problem {
   ism::AttentionOptions opts() { ism::AttentionOptions o; o.lse = lse.data(); return o; }
 };
 
-// Each bad call is tried on every entry point that takes views.
+// Each bad call is tried on every entry point that takes views: the fp64
+// reference and the fused kernel.
 #define ISM_EXPECT_REJECTED(P, Q, K, V, OUT, MASK, OPTS, ...)                                             \
-  P.expect_rejected([&] { ism::reference_attention<float>(Q, K, V, OUT, MASK, OPTS); }, __VA_ARGS__)
+  do {                                                                                                   \
+    P.expect_rejected([&] { ism::reference_attention<float>(Q, K, V, OUT, MASK, OPTS); }, __VA_ARGS__);  \
+    P.expect_rejected([&] { ism::attention<float>(Q, K, V, OUT, MASK, OPTS); }, __VA_ARGS__);            \
+  } while (0)
 
 TEST(Validation, HeadCountsThatDoNotDivide) {
   Problem p;
@@ -163,6 +167,8 @@ TEST(Validation, OutputOverlappingAnInput) {
                                       alias.head_stride};
   expect_invalid([&] { ism::reference_attention<float>(q_alias, p.k.cview(), p.v.cview(), alias, p.mask); },
                  {"out overlaps q"});
+  expect_invalid([&] { ism::attention<float>(q_alias, p.k.cview(), p.v.cview(), alias, p.mask); },
+                 {"out overlaps q"});
 }
 
 TEST(Validation, BadOptions) {
@@ -179,6 +185,9 @@ TEST(Validation, ValidProblemIsAccepted) {
   Problem p;
   EXPECT_NO_THROW(ism::reference_attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, p.mask, p.opts()));
   EXPECT_NE(p.out.buf[0], 42.f);
+  Problem p2;
+  EXPECT_NO_THROW(ism::attention<float>(p2.q.cview(), p2.k.cview(), p2.v.cview(), p2.out.view, p2.mask, p2.opts()));
+  EXPECT_NE(p2.out.buf[0], 42.f);
 }
 
 }  // namespace
