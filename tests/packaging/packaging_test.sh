@@ -19,9 +19,10 @@ test -f "$work/prefix/include/ism/ism.hpp"
 for mode in find_package subdirectory; do
   echo "== consumer through $mode"
   cmake -S "$src/tests/packaging/consumer" -B "$work/consumer-$mode" "${gen[@]}" -DCMAKE_CXX_COMPILER="$cxx" \
+    --no-warn-unused-cli \
     -DCMAKE_BUILD_TYPE=Release -DISM_CONSUMER_MODE=$mode -DISM_SOURCE_DIR="$src" \
     -DCMAKE_PREFIX_PATH="$work/prefix" -DISM_EXAMPLE_SOURCE="$work/readme_example.cpp" >/dev/null
-  cmake --build "$work/consumer-$mode" >/dev/null
+  cmake --build "$work/consumer-$mode" > "$work/build-$mode.log" 2>&1 || { cat "$work/build-$mode.log"; exit 1; }
   "$work/consumer-$mode/consumer"
   if [ $mode = subdirectory ]; then
     # As a subproject, ism must not build its tests, benchmarks or examples.
