@@ -5,6 +5,7 @@
 #include "ism/dialogue/dialogue.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "dialogue/dialogue_testing.hpp"
@@ -103,11 +104,21 @@ void play(Dialogue& d, const std::vector<Event>& script, Conversation& c, Rng& r
   }
 }
 
-// Incremental outputs equal the whole conversation under the final mask.
+// Incremental outputs equal the whole conversation under the final mask, and
+// that is attention: the fp64 reference, to fp32 rounding.
 void expect_matches_whole(const Dialogue& d, const Conversation& c) {
-  Tensor<float> whole(d.length(), c.out.view.heads, c.out.view.dim);
-  attend_rows(c.q, c.k, c.v, whole, d.mask(), 0, d.length(), d.length());
-  EXPECT_LE(max_abs_diff(c.out, whole, 0, d.length()), 2e-6);
+  const index_t n = d.length(), heads = c.out.view.heads, dim = c.out.view.dim;
+  Tensor<float> whole(n, heads, dim);
+  attend_rows(c.q, c.k, c.v, whole, d.mask(), 0, n, n);
+  EXPECT_LE(max_abs_diff(c.out, whole, 0, n), 2e-6);
+  Tensor<double> ref(n, heads, dim);
+  ism::reference_attention_into<float, double, double>(c.q.cview(), c.k.cview(), c.v.cview(), ref.view, d.mask(),
+                                                       {}, nullptr);
+  double err = 0;
+  for (index_t t = 0; t < n; ++t)
+    for (index_t h = 0; h < heads; ++h)
+      for (index_t i = 0; i < dim; ++i) err = std::max(err, std::abs(double(c.out.view(t, h, i)) - ref.view(t, h, i)));
+  EXPECT_LE(err, 2e-5);
 }
 
 TEST(Dialogue, IsmIncrementalEqualsWholeAndReusesEverything) {

@@ -16,16 +16,12 @@ ism::HeadsView<T> rows(ism::HeadsView<T> v, index_t first, index_t n) {
   return v;
 }
 
-// One incremental step: rows [q_offset, q_offset + n_q) of q/out against keys
-// [0, n_k) of k/v, evaluated on absolute positions.
-template <class T, class Mask>
-void attend_rows(const Tensor<T>& q, const Tensor<T>& k, const Tensor<T>& v, Tensor<T>& out,
-                 const Mask& mask, index_t q_offset, index_t n_q, index_t n_k) {
-  ism::AttentionOptions opt;
-  opt.q_offset = q_offset;
-  ism::reference_attention<T>(rows(q.cview(), q_offset, n_q), rows(k.cview(), 0, n_k),
-                              rows(v.cview(), 0, n_k), rows(out.view, q_offset, n_q), mask, opt);
-}
+// One incremental step through the fused kernel: rows [q_offset, q_offset + n_q)
+// of q/out against keys [0, n_k) of k/v, evaluated on absolute positions.
+// Defined once, in paged_test.cpp, so that a single translation unit of this
+// binary instantiates the kernel for contiguous fp32 caches.
+void attend_rows(const Tensor<float>& q, const Tensor<float>& k, const Tensor<float>& v, Tensor<float>& out,
+                 const ism::SegmentMask& mask, index_t q_offset, index_t n_q, index_t n_k);
 
 // A deep copy (Tensor's own copy keeps pointing at the source's buffer).
 template <class T>
