@@ -25,6 +25,7 @@
 #include <random>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ism/ism.hpp"
@@ -57,11 +58,16 @@ struct AttentionData {
   index_t n_q, n_k, q_heads, kv_heads, dim;
   std::vector<T> q_buf, k_buf, v_buf, out_buf;
 
-  AttentionData(index_t n_q_, index_t n_k_, index_t q_heads_, index_t kv_heads_, index_t dim_,
-                std::uint64_t seed = 42)
-      : n_q(n_q_), n_k(n_k_), q_heads(q_heads_), kv_heads(kv_heads_), dim(dim_),
-        q_buf(size_t(n_q_ * q_heads_ * dim_)), k_buf(size_t(n_k_ * kv_heads_ * dim_)),
-        v_buf(size_t(n_k_ * kv_heads_ * dim_)), out_buf(size_t(n_q_ * q_heads_ * dim_)) {
+  AttentionData(index_t n_q_, index_t n_k_, index_t q_heads_, index_t kv_heads_, index_t dim_, std::uint64_t seed = 42)
+      : n_q(n_q_),
+        n_k(n_k_),
+        q_heads(q_heads_),
+        kv_heads(kv_heads_),
+        dim(dim_),
+        q_buf(size_t(n_q_ * q_heads_ * dim_)),
+        k_buf(size_t(n_k_ * kv_heads_ * dim_)),
+        v_buf(size_t(n_k_ * kv_heads_ * dim_)),
+        out_buf(size_t(n_q_ * q_heads_ * dim_)) {
     fill_random(q_buf, seed);
     fill_random(k_buf, seed + 1);
     fill_random(v_buf, seed + 2);
@@ -93,11 +99,11 @@ inline SegmentMask equal_ism_mask(index_t n, index_t segments) { return ism_mask
 // f(mask) with the concrete mask type, so each kind runs its own instantiation.
 template <class F>
 void with_mask(const std::string& kind, index_t n, F&& f) {
-  if (kind == "none") f(full_mask());
-  else if (kind == "causal") f(causal_mask());
-  else if (kind == "prefix") f(prefix_mask(n / 2));
-  else if (kind.rfind("ism", 0) == 0 && kind.size() > 3) f(equal_ism_mask(n, std::stoll(kind.substr(3))));
-  else detail::fail("ism::bench::with_mask", "unknown mask kind '", kind, "'");
+  if (kind == "none") return f(full_mask());
+  if (kind == "causal") return f(causal_mask());
+  if (kind == "prefix") return f(prefix_mask(n / 2));
+  if (kind.rfind("ism", 0) == 0 && kind.size() > 3) return f(equal_ism_mask(n, std::stoll(kind.substr(3))));
+  detail::fail("ism::bench::with_mask", "unknown mask kind '", kind, "'");
 }
 
 inline const std::vector<std::string>& standard_mask_kinds() {
@@ -119,8 +125,7 @@ inline double attention_flops(const BlockMapStats& s, index_t q_heads, index_t d
   return 4.0 * double(dim) * double(s.visible_pairs) * double(q_heads);
 }
 
-inline void set_attention_counters(benchmark::State& state, const BlockMapStats& s, index_t q_heads,
-                                   index_t dim) {
+inline void set_attention_counters(benchmark::State& state, const BlockMapStats& s, index_t q_heads, index_t dim) {
   state.counters["flops"] =
       benchmark::Counter(attention_flops(s, q_heads, dim), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["skipped"] = benchmark::Counter(s.skipped_fraction());
@@ -129,8 +134,7 @@ inline void set_attention_counters(benchmark::State& state, const BlockMapStats&
 
 // For GEMM ceilings: every multiply-add is useful.
 inline void set_flops_counter(benchmark::State& state, double flops_per_iteration) {
-  state.counters["flops"] =
-      benchmark::Counter(flops_per_iteration, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["flops"] = benchmark::Counter(flops_per_iteration, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // Keeps the compiler from dropping a computation whose result is never read.
@@ -138,6 +142,25 @@ template <class T>
 void keep(std::vector<T>& buf) {
   benchmark::DoNotOptimize(buf.data());
   benchmark::ClobberMemory();
+}
+
+// ---------------------------------------------------------------------------
+// Registration and main
+
+// Every case is timed on the wall clock: the kernels run their own threads,
+// whose CPU time the benchmark's thread does not see.
+template <class F>
+void register_case(const std::string& name, benchmark::TimeUnit unit, F&& fn) {
+  benchmark::RegisterBenchmark(name.c_str(), std::forward<F>(fn))->Unit(unit)->UseRealTime();
+}
+
+// main() of every binary once its cases are registered.
+inline int run_benchmarks(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -175,7 +198,8 @@ inline bool openmp_threads_work(int threads) {
 inline void set_blas_threads(Blas b, int threads) {
   if (b == Blas::Eigen) Eigen::setNbThreads(threads);
 #ifdef ISM_HAVE_OPENBLAS
-  else openblas_set_num_threads(threads);
+  else
+    openblas_set_num_threads(threads);
 #endif
 }
 
@@ -195,8 +219,8 @@ inline void sgemm(Blas backend, index_t m, index_t n, index_t k, float alpha, co
                   const float* b, index_t ldb, bool b_transposed, float* c, index_t ldc) {
   if (backend == Blas::OpenBlas) {
 #ifdef ISM_HAVE_OPENBLAS
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, int(m), int(n), int(k),
-                alpha, a, int(lda), b, int(ldb), 0.f, c, int(ldc));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, int(m), int(n), int(k), alpha, a,
+                int(lda), b, int(ldb), 0.f, c, int(ldc));
     return;
 #else
     detail::fail("ism::bench::sgemm", "OpenBLAS was not found at configure time");
@@ -220,8 +244,15 @@ inline void sgemm(Blas backend, index_t m, index_t n, index_t k, float alpha, co
 class AttentionGemms {
  public:
   AttentionGemms(index_t n_q, index_t n_k, index_t heads, index_t dim)
-      : n_q_(n_q), n_k_(n_k), heads_(heads), dim_(dim), q_(size_t(n_q * dim)), k_(size_t(n_k * dim)),
-        v_(size_t(n_k * dim)), o_(size_t(n_q * dim)), s_(size_t(n_q * n_k)) {
+      : n_q_(n_q),
+        n_k_(n_k),
+        heads_(heads),
+        dim_(dim),
+        q_(size_t(n_q * dim)),
+        k_(size_t(n_k * dim)),
+        v_(size_t(n_k * dim)),
+        o_(size_t(n_q * dim)),
+        s_(size_t(n_q * n_k)) {
     fill_random(q_, 1);
     fill_random(k_, 2);
     fill_random(v_, 3);

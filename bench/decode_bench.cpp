@@ -90,10 +90,8 @@ void register_fused() {
   for (index_t rows : kRows)
     for (index_t cache : kCaches)
       for (int t : kThreads)
-        benchmark::RegisterBenchmark(case_name("ism", type_name<T>(), rows, cache, t).c_str(),
-                                     [=](benchmark::State& s) { run_fused<T>(s, rows, cache, t); })
-            ->Unit(benchmark::kMicrosecond)
-            ->UseRealTime();
+        register_case(case_name("ism", type_name<T>(), rows, cache, t), benchmark::kMicrosecond,
+                      [=](benchmark::State& s) { run_fused<T>(s, rows, cache, t); });
 }
 
 void register_eigen() {
@@ -101,10 +99,8 @@ void register_eigen() {
     for (index_t cache : kCaches)
       for (int t : kThreads) {
         if (!openmp_threads_work(t)) continue;
-        benchmark::RegisterBenchmark(case_name("eigen", "fp32", rows, cache, t).c_str(),
-                                     [=](benchmark::State& s) { run_eigen(s, rows, cache, t); })
-            ->Unit(benchmark::kMicrosecond)
-            ->UseRealTime();
+        register_case(case_name("eigen", "fp32", rows, cache, t), benchmark::kMicrosecond,
+                      [=](benchmark::State& s) { run_eigen(s, rows, cache, t); });
       }
 }
 
@@ -113,11 +109,8 @@ void register_bandwidth() {
     for (int t : kThreads) {
       if (!openmp_threads_work(t)) continue;
       const index_t bytes = mib << 20;
-      benchmark::RegisterBenchmark(
-          ("membw/read/bytes:" + std::to_string(bytes) + "/threads:" + std::to_string(t)).c_str(),
-          [=](benchmark::State& s) { run_read(s, bytes, t); })
-          ->Unit(benchmark::kMicrosecond)
-          ->UseRealTime();
+      register_case("membw/read/bytes:" + std::to_string(bytes) + "/threads:" + std::to_string(t),
+                    benchmark::kMicrosecond, [=](benchmark::State& s) { run_read(s, bytes, t); });
     }
 }
 
@@ -128,9 +121,5 @@ int main(int argc, char** argv) {
   register_fused<float>();
   register_fused<Eigen::bfloat16>();
   register_eigen();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return run_benchmarks(argc, argv);
 }

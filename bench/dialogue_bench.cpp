@@ -43,7 +43,9 @@ double ms_between(Clock::time_point t0, Clock::time_point t1) {
 // and output rows are the first rows of their buffers.
 struct Buffers {
   AttentionData<float> data{kMaxTokens, kMaxTokens, kQHeads, kKvHeads, kDim};
-  HeadsView<const float> q(index_t rows) const { return token_major<const float>(data.q_buf.data(), rows, kQHeads, kDim); }
+  HeadsView<const float> q(index_t rows) const {
+    return token_major<const float>(data.q_buf.data(), rows, kQHeads, kDim);
+  }
   HeadsView<const float> k(index_t n) const { return token_major<const float>(data.k_buf.data(), n, kKvHeads, kDim); }
   HeadsView<const float> v(index_t n) const { return token_major<const float>(data.v_buf.data(), n, kKvHeads, kDim); }
   HeadsView<float> out(index_t rows) { return token_major<float>(data.out_buf.data(), rows, kQHeads, kDim); }
@@ -69,8 +71,8 @@ void run_round(benchmark::State& state, index_t history, index_t first_row, int 
     opt.threads = threads;
     const Clock::time_point t0 = Clock::now();
     opt.q_offset = first_row;
-    attention(b.q(query_end - first_row), b.k(query_end), b.v(query_end), b.out(query_end - first_row),
-              masks.prefill(), opt);
+    attention(b.q(query_end - first_row), b.k(query_end), b.v(query_end), b.out(query_end - first_row), masks.prefill(),
+              opt);
     const Clock::time_point t1 = Clock::now();
     for (index_t j = 0; j < kAnswer; ++j) {
       const index_t p = query_end + j;
@@ -98,8 +100,10 @@ struct IsmRound {
       return m;
     }
     const SegmentMask& decode(index_t j) {
-      if (j == 0) m.append({1, Attend::Causal});
-      else m.extend_last(1);
+      if (j == 0)
+        m.append({1, Attend::Causal});
+      else
+        m.extend_last(1);
       return m;
     }
   };
@@ -145,16 +149,9 @@ int main(int argc, char** argv) {
   for (const char* scheme : {"ism", "prefix", "causal"})
     for (index_t round = 1; round <= kRounds; ++round)
       for (int t : {1, 2}) {
-        const std::string name = std::string("dialogue/") + scheme + "/round:" + std::to_string(round) +
-                                 "/threads:" + std::to_string(t);
-        benchmark::RegisterBenchmark(name.c_str(),
-                                     [=](benchmark::State& s) { run_scheme(s, scheme, round, t); })
-            ->Unit(benchmark::kMillisecond)
-            ->UseRealTime();
+        const std::string name =
+            std::string("dialogue/") + scheme + "/round:" + std::to_string(round) + "/threads:" + std::to_string(t);
+        register_case(name, benchmark::kMillisecond, [=](benchmark::State& s) { run_scheme(s, scheme, round, t); });
       }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return run_benchmarks(argc, argv);
 }

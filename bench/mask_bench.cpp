@@ -95,21 +95,18 @@ using Case = void (*)(benchmark::State&, index_t, index_t);
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::vector<std::pair<const char*, Case>> cases{
-      {"build-ism", build_ism}, {"build-segments", build_segments}, {"build-packed", build_packed},
-      {"blockmap", blockmap},   {"dense", dense},                   {"attention", fused}};
+  const std::vector<std::pair<const char*, Case>> cases{{"build-ism", build_ism},
+                                                        {"build-segments", build_segments},
+                                                        {"build-packed", build_packed},
+                                                        {"blockmap", blockmap},
+                                                        {"dense", dense},
+                                                        {"attention", fused}};
   for (const auto& [what, fn] : cases)
     for (index_t n : kLengths)
       for (index_t s : kSegments) {
         const std::string name =
             std::string("mask/") + what + "/N:" + std::to_string(n) + "/segments:" + std::to_string(s);
-        benchmark::RegisterBenchmark(name.c_str(), [fn = fn, n, s](benchmark::State& st) { fn(st, n, s); })
-            ->Unit(benchmark::kMicrosecond)
-            ->UseRealTime();
+        register_case(name, benchmark::kMicrosecond, [fn = fn, n, s](benchmark::State& st) { fn(st, n, s); });
       }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return run_benchmarks(argc, argv);
 }

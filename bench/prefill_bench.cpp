@@ -94,15 +94,11 @@ void register_type() {
     for (index_t n : kLengths)
       for (index_t dim : kDims)
         for (int t : kThreads) {
-          benchmark::RegisterBenchmark(case_name("ism", kind, type, n, dim, t).c_str(),
-                                       [=](benchmark::State& s) { run_fused<T>(s, kind, n, dim, t); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
+          register_case(case_name("ism", kind, type, n, dim, t), benchmark::kMillisecond,
+                        [=](benchmark::State& s) { run_fused<T>(s, kind, n, dim, t); });
           if (!openmp_threads_work(t)) continue;
-          benchmark::RegisterBenchmark(case_name("eigen", kind, type, n, dim, t).c_str(),
-                                       [=](benchmark::State& s) { run_eigen<T>(s, kind, n, dim, t); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
+          register_case(case_name("eigen", kind, type, n, dim, t), benchmark::kMillisecond,
+                        [=](benchmark::State& s) { run_eigen<T>(s, kind, n, dim, t); });
         }
 }
 
@@ -111,22 +107,16 @@ void register_ceilings() {
     if (!blas_available(blas)) continue;
     for (int t : kThreads) {
       if (blas == Blas::Eigen && !openmp_threads_work(t)) continue;
-      benchmark::RegisterBenchmark(("sgemm/" + std::string(to_string(blas)) + "/square:" + std::to_string(kSquare) +
-                                    "/threads:" + std::to_string(t))
-                                       .c_str(),
-                                   [=](benchmark::State& s) { run_square(s, blas, t); })
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
+      register_case("sgemm/" + std::string(to_string(blas)) + "/square:" + std::to_string(kSquare) +
+                        "/threads:" + std::to_string(t),
+                    benchmark::kMillisecond, [=](benchmark::State& s) { run_square(s, blas, t); });
     }
     for (index_t n : kLengths)
       for (index_t dim : kDims)
         for (int t : kThreads) {
           if (blas == Blas::Eigen && !openmp_threads_work(t)) continue;
-          benchmark::RegisterBenchmark(
-              case_name(std::string("sgemm-") + to_string(blas), "any", "fp32", n, dim, t).c_str(),
-              [=](benchmark::State& s) { run_gemms(s, blas, n, dim, t); })
-              ->Unit(benchmark::kMillisecond)
-              ->UseRealTime();
+          register_case(case_name(std::string("sgemm-") + to_string(blas), "any", "fp32", n, dim, t),
+                        benchmark::kMillisecond, [=](benchmark::State& s) { run_gemms(s, blas, n, dim, t); });
         }
   }
 }
@@ -138,10 +128,6 @@ int main(int argc, char** argv) {
   register_type<float>();
   register_type<Eigen::bfloat16>();
   register_type<Eigen::half>();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("openblas", blas_available(Blas::OpenBlas) ? blas_label(Blas::OpenBlas) : "absent");
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return run_benchmarks(argc, argv);
 }

@@ -272,7 +272,7 @@ def gnuplot(script, data, tmp):
                 f.write(f"{x} {y}\n")
     path = os.path.join(tmp, "plot.gp")
     with open(path, "w") as f:
-        f.write("set terminal pngcairo size 900,560 font 'sans,11'\nset grid\nset key outside right\n")
+        f.write("set terminal pngcairo size 900,560 font 'sans,11'\nset grid\nset key below maxrows 4\n")
         f.write(script)
     subprocess.run(["gnuplot", path], check=True, cwd=tmp)
 
@@ -300,6 +300,8 @@ def plot_series(tmp, out, title, xlabel, ylabel, series, logx=True, logy=False, 
               f"set ylabel {gp_str(ylabel)}\n")
     if logx:
         script += "set logscale x 2\n"
+    else:
+        script += "set xtics 1\n"
     if logy:
         script += "set logscale y\n"
     script += "plot " + ", \\\n  ".join(plots) + "\n"
