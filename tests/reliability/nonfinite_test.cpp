@@ -151,18 +151,6 @@ void check_confined(std::uint64_t seed, Where where, float bad, bool check_reach
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// Kernel bugs these tests found (reported to the kernel's owner); each skip
-// goes when its bug is fixed.
-constexpr const char* kBugEmptyRow =
-    "KNOWN KERNEL BUG: include/ism/cpu/kernel.hpp (final normalisation, `l > 0.f ? 1.f / l : 0.f` and the LSE "
-    "line) and include/ism/cpu/merge.hpp (`l[c * nrows + r] > 0.f`) treat a NaN running sum as 'no key seen': "
-    "a row reached by NaN/Inf gets output 0 and LSE -inf, and on the split decode path a chunk holding the bad "
-    "key is silently dropped (finite, wrong output)";
-constexpr const char* kBugMaskedValue =
-    "KNOWN KERNEL BUG: include/ism/cpu/tile_ops.hpp (P.V accumulation of Partial tiles) multiplies the 0 "
-    "probability of a masked key by its value, so a NaN/Inf value of a key a row does NOT see (a future token, "
-    "another packed document) turns that row's element into NaN";
-
 // Rows that do not read the bad value are bit-identical.
 TEST(NonFinite, NaNInQIsConfined) { ISM_SEEDED_TEST_BODY(seed); check_confined<float>(seed, Where::Q, kNaN, false); }
 TEST(NonFinite, NaNInKIsConfined) { ISM_SEEDED_TEST_BODY(seed); check_confined<float>(seed, Where::K, kNaN, false); }
@@ -177,12 +165,10 @@ TEST(NonFinite, NaNInKIsConfinedBf16) {
   check_confined<Eigen::bfloat16>(seed, Where::K, kNaN, false);
 }
 TEST(NonFinite, NaNInVIsConfined) {
-  GTEST_SKIP() << kBugMaskedValue;
   ISM_SEEDED_TEST_BODY(seed);
   check_confined<float>(seed, Where::V, kNaN, false);
 }
 TEST(NonFinite, InfInVIsConfinedHalf) {
-  GTEST_SKIP() << kBugMaskedValue;
   ISM_SEEDED_TEST_BODY(seed);
   check_confined<Eigen::half>(seed, Where::V, kInf, false);
 }
@@ -190,26 +176,24 @@ TEST(NonFinite, InfInVIsConfinedHalf) {
 // Rows that do read it say what the fp64 reference says (NaN, +-Inf or the
 // finite value), and follow the exact NaN rule at the top of this file.
 TEST(NonFinite, ReachedRowsAreHonestQ) {
-  GTEST_SKIP() << kBugEmptyRow;
   ISM_SEEDED_TEST_BODY(seed);
   check_confined<float>(seed, Where::Q, kNaN, true);
   check_confined<float>(seed, Where::Q, kInf, true);
 }
 TEST(NonFinite, ReachedRowsAreHonestK) {
-  GTEST_SKIP() << kBugEmptyRow;
   ISM_SEEDED_TEST_BODY(seed);
   check_confined<float>(seed, Where::K, kNaN, true);
   check_confined<float>(seed, Where::K, kInf, true);
   check_confined<float>(seed, Where::K, -kInf, true);
 }
 TEST(NonFinite, ReachedRowsAreHonestV) {
-  GTEST_SKIP() << kBugMaskedValue;
   ISM_SEEDED_TEST_BODY(seed);
   check_confined<float>(seed, Where::V, kNaN, true);
   check_confined<float>(seed, Where::V, kInf, true);
 }
 
-// --- the bugs above, each as the smallest input that shows it --------------------
+// --- kernel bugs these tests found, each as the smallest input that showed it -------
+// (fixed in the kernel; kept as regressions)
 
 struct Tiny {
   index_t n_q, n_k, dim;
@@ -233,7 +217,6 @@ struct Tiny {
 // Row 2 sees keys 0..2 and its query holds a NaN: got output 0, LSE -inf
 // ("saw no key"); must be NaN.
 TEST(NonFiniteRegression, NaNQueryRowIsNotReportedEmpty) {
-  GTEST_SKIP() << kBugEmptyRow;
   Tiny p(4, 4, 4);
   p.q[2 * 4] = kNaN;
   p.run(ism::causal_mask());
@@ -244,7 +227,6 @@ TEST(NonFiniteRegression, NaNQueryRowIsNotReportedEmpty) {
 // Decode over 4096 keys (the split path: several key chunks merged by LSE)
 // with a NaN in key 5: got a finite output (the chunk was dropped); must be NaN.
 TEST(NonFiniteRegression, DecodeMergeDoesNotDropANaNChunk) {
-  GTEST_SKIP() << kBugEmptyRow;
   Tiny p(1, 4096, 8);
   p.k[5 * 8] = kNaN;
   p.run(ism::causal_mask());
@@ -255,7 +237,6 @@ TEST(NonFiniteRegression, DecodeMergeDoesNotDropANaNChunk) {
 // Query row 3 sees keys 0..3; key 6 (a future token in the same key tile) has
 // a NaN value: got NaN in element 1 of row 3; must be 1 (all visible values 1).
 TEST(NonFiniteRegression, NaNInAMaskedValueDoesNotLeak) {
-  GTEST_SKIP() << kBugMaskedValue;
   Tiny p(1, 8, 4);
   p.v[6 * 4 + 1] = kNaN;
   p.run(ism::causal_mask(), 3);

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# ThreadSanitizer over the threaded tests: concurrent callers of ism::attention
+# (tests/reliability/concurrency_test) and the CPU kernel's thread-count and
+# batch tests (tests/cpu, built for the best instruction set this machine
+# runs), which drive the library's thread pool and the caller parallel-for.
+# Any data race report fails CI.
+# Budget: 3 minutes (about 2 to build, under 1 to run), shared with 40-fuzz.sh (6 in all).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+b=build-tsan
+cmake -S . -B $b -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DISM_BUILD_BENCHMARKS=OFF -DISM_BUILD_EXAMPLES=OFF \
+  -DCMAKE_CXX_FLAGS="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" \
+  -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" >/dev/null
+
+# The CPU kernel's test binary for the best ISA CMake found runnable here.
+available=$(ninja -C $b -t targets all | grep -oE '^cpu_kernel_[a-z0-9]+' | sort -u)
+kernel=""
+for isa in avx512 avx2 neon scalar; do
+  if grep -qx "cpu_kernel_$isa" <<<"$available"; then kernel=cpu_kernel_$isa; break; fi
+done
+[ -n "$kernel" ] || { echo "no cpu_kernel_* test target found"; exit 1; }
+cmake --build $b -j "$(nproc)" --target concurrency_test $kernel
+
+export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
+"$b/tests/reliability/concurrency_test"
+"$b/tests/cpu/$kernel" --gtest_filter='CpuKernel.ThreadCountsAgree:CpuKernel.BatchMatchesPerSequenceReference:CpuKernel.DecodeAgreesWithPrefill'

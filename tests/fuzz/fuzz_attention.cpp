@@ -1,0 +1,235 @@
+// Fuzz target: bytes -> one ism::attention call on a small shape (zero or one
+// token, dim 1, GQA, offsets, padded strides, every mask kind, fp32 / bf16 /
+// fp16, with or without LSE), checked against the fp64 reference. One case in
+// four breaks the call in one known way (negative or zero sizes, heads that do
+// not divide, null data, strides whose extent overflows, overlapping outputs,
+// bad options): then it must throw ism::invalid_argument and write nothing.
+// Output padding between rows must never be written either.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "fuzz/fuzz_input.hpp"
+#include "ism/attention/attention.hpp"
+#include "ism/ism.hpp"
+
+namespace {
+
+using ism::Attend;
+using ism::index_t;
+using ism_fuzz::Input;
+
+// A [tokens, heads, dim] buffer with padded strides, every element of it
+// (padding included) initialised, so the test can see stray writes.
+template <class T>
+struct Buffer {
+  std::vector<T> buf;
+  ism::HeadsView<T> view;
+  Buffer(index_t tokens, index_t heads, index_t dim, bool token_major, index_t pad, float fill) {
+    index_t ts, hs;
+    if (token_major) {
+      hs = dim + pad;
+      ts = heads * hs + pad;
+    } else {
+      ts = dim + pad;
+      hs = tokens * ts + pad;
+    }
+    const index_t size = tokens == 0 ? 1 : (tokens - 1) * ts + (heads - 1) * hs + dim;
+    buf.assign(size_t(size), T(fill));
+    view = {buf.data(), tokens, heads, dim, ts, hs};
+  }
+  ism::HeadsView<const T> cview() const { return ism::as_const(view); }
+};
+
+struct Shape {
+  index_t n_q, n_k, kv_heads, group, dim, q_offset;  // q_offset -1: the default
+  int threads;
+  float scale;
+  bool lse;
+};
+
+template <class T>
+float eps() {
+  if constexpr (std::is_same_v<T, Eigen::bfloat16>) return 1.f / 256;
+  else if constexpr (std::is_same_v<T, Eigen::half>) return 1.f / 2048;
+  else return 2e-6f;
+}
+
+template <class T, class Mask>
+void run_case(Input& in, const Mask& mask, const Shape& s, int hostile) {
+  std::mt19937 gen(static_cast<std::uint32_t>(in.u64()));
+  const float amp = in.coin() ? 1.f : 4.f;
+  std::uniform_real_distribution<float> value(-amp, amp);
+  const index_t heads = s.kv_heads * s.group;
+  Buffer<T> q(s.n_q, heads, s.dim, in.coin(), in.small(0, 3), 0.f);
+  Buffer<T> k(s.n_k, s.kv_heads, s.dim, in.coin(), in.small(0, 3), 0.f);
+  Buffer<T> v(s.n_k, s.kv_heads, s.dim, in.coin(), in.small(0, 3), 0.f);
+  Buffer<T> out(s.n_q, heads, s.dim, in.coin(), in.small(0, 3), 42.f);
+  for (auto* b : {&q, &k, &v})
+    for (auto& x : b->buf) x = T(value(gen));
+  std::vector<float> lse(size_t(heads * s.n_q) + 1, 7.f);
+
+  ism::HeadsView<const T> qv = q.cview(), kv = k.cview(), vv = v.cview();
+  ism::HeadsView<T> ov = out.view;
+  ism::AttentionOptions opt;
+  opt.q_offset = s.q_offset;
+  opt.threads = s.threads;
+  opt.scale = s.scale;
+  opt.lse = s.lse ? lse.data() : nullptr;
+
+  if (hostile >= 0) {
+    // Each break applies only where it is sure to make the call invalid.
+    switch (hostile % 13) {
+      case 0: qv.tokens = -1 - in.small(0, 3); break;
+      case 1: kv.heads = vv.heads = 0; break;
+      case 2:
+        if (s.kv_heads < 2) return;
+        qv.heads = ov.heads = heads + 1;
+        break;
+      case 3: vv.dim = s.dim + 1 + in.small(0, 3); break;
+      case 4:
+        if (s.n_k == 0) return;
+        (in.coin() ? kv : vv).data = nullptr;
+        break;
+      case 5:
+        if (s.n_k < 2) return;
+        kv.token_stride = std::numeric_limits<index_t>::max() / 2 + in.small(0, 255);
+        break;
+      case 6: ov.head_stride = -1 - in.small(0, 3); break;
+      case 7:
+        if (s.n_q == 0) return;
+        qv.data = ov.data + in.small(0, 3) % s.dim;
+        break;
+      case 8: opt.threads = -1 - int(in.small(0, 3)); break;
+      case 9: opt.scale = in.coin() ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity(); break;
+      case 10: opt.q_offset = -2 - in.small(0, 3); break;
+      case 11:
+        if (s.n_q < 2) return;
+        ov.token_stride = 0;
+        if (heads > 1) ov.head_stride = 0;
+        break;
+      default:
+        if (s.n_q == 0) return;
+        opt.lse = reinterpret_cast<float*>(out.buf.data());
+        break;
+    }
+    const std::vector<T> before = out.buf;
+    const std::vector<float> lse_before = lse;
+    const bool threw = ism_fuzz::throws_invalid([&] { ism::attention<T>(qv, kv, vv, ov, mask, opt); });
+    ISM_FUZZ_CHECK(threw, hostile % 13);
+    ISM_FUZZ_CHECK(std::memcmp(before.data(), out.buf.data(), before.size() * sizeof(T)) == 0, hostile % 13);
+    ISM_FUZZ_CHECK(lse_before == lse, hostile % 13);
+    return;
+  }
+
+  // Window validity, decided here independently of the library.
+  index_t off = s.q_offset == -1 ? s.n_k - s.n_q : s.q_offset;
+  bool valid = off >= 0;
+  if (valid && mask.length() != ism::unbounded) valid = off + s.n_q <= mask.length() && s.n_k <= mask.length();
+  const bool threw = ism_fuzz::throws_invalid([&] { ism::attention<T>(qv, kv, vv, ov, mask, opt); });
+  ISM_FUZZ_CHECK(threw == !valid, s.n_q, s.n_k, s.q_offset);
+  if (threw) {
+    ISM_FUZZ_CHECK(std::all_of(out.buf.begin(), out.buf.end(), [](T x) { return float(x) == 42.f; }));
+    return;
+  }
+
+  std::vector<double> ref_buf(size_t(std::max<index_t>(1, s.n_q * heads * s.dim)));
+  const ism::HeadsView<double> ref{ref_buf.data(), s.n_q, heads, s.dim, heads * s.dim, s.dim};
+  std::vector<double> ref_lse(size_t(heads * s.n_q) + 1);
+  ism::AttentionOptions ropt = opt;
+  ropt.lse = nullptr;
+  ism::reference_attention_into<T, double, double>(qv, kv, vv, ref, mask, ropt, ref_lse.data());
+
+  std::vector<char> written(out.buf.size(), 0);
+  for (index_t t = 0; t < s.n_q; ++t)
+    for (index_t h = 0; h < heads; ++h)
+      for (index_t d = 0; d < s.dim; ++d) {
+        const T* p = &ov(t, h, d);
+        written[size_t(p - out.buf.data())] = 1;
+        const double got = double(float(*p)), want = ref(t, h, d);
+        const double tol = eps<T>() * std::abs(want) + 1e-4 * amp;
+        ISM_FUZZ_CHECK(std::abs(got - want) <= tol, t, h, d);
+      }
+  for (size_t i = 0; i < out.buf.size(); ++i)
+    ISM_FUZZ_CHECK(written[i] || float(out.buf[i]) == 42.f, index_t(i));  // padding untouched
+  if (s.lse) {
+    for (index_t i = 0; i < heads * s.n_q; ++i) {
+      const double got = lse[size_t(i)], want = ref_lse[size_t(i)];
+      if (std::isinf(want)) ISM_FUZZ_CHECK(got == want, i);
+      else ISM_FUZZ_CHECK(std::abs(got - want) <= 1e-4 * (1 + std::abs(want)), i);
+    }
+    ISM_FUZZ_CHECK(lse[size_t(heads * s.n_q)] == 7.f);  // one past the end
+  }
+}
+
+// The mask, then the call. Layout lengths cover the window unless the bytes
+// ask for a window that does not fit (which must then be rejected).
+template <class T>
+void fuzz_one(Input& in, int hostile) {
+  Shape s;
+  static const index_t dims[] = {1, 2, 3, 5, 8, 15, 16, 17, 31, 33, 64, 80, 96, 100, 128};
+  const index_t n_dims = sizeof(dims) / sizeof(dims[0]);
+  s.kv_heads = in.small(1, 3);
+  s.group = in.small(1, 3);
+  if (in.small(0, 7) == 0) {
+    // Decode over a cache long enough (>= 16 key tiles) for the split-key path
+    // and its merge; small dims keep the reference cheap.
+    s.n_k = in.small(1024, 2100);
+    s.n_q = in.small(1, 2);
+    s.dim = dims[in.byte() % 7];
+  } else {
+    s.n_k = in.coin() ? in.small(0, 140) : in.small(0, 12);
+    s.n_q = in.coin() ? in.small(0, std::min<index_t>(40, std::max<index_t>(1, s.n_k))) : in.small(0, 3);
+    s.dim = dims[in.byte() % n_dims];
+    // Keep one input to a few million multiply-adds in the reference.
+    if (s.n_q * s.n_k * s.kv_heads * s.group * s.dim > (index_t(1) << 21)) s.dim = dims[in.byte() % 7];
+  }
+  s.q_offset = in.coin() ? -1 : in.small(0, s.n_k + 4);
+  s.threads = int(in.small(0, 2));
+  s.scale = in.coin() ? 0.f : float(in.small(1, 200)) / 100.f;
+  s.lse = in.coin();
+  const index_t window = std::max(s.n_k, (s.q_offset < 0 ? s.n_k - s.n_q : s.q_offset) + s.n_q);
+  switch (in.byte() % 6) {
+    case 0: run_case<T>(in, ism::causal_mask(), s, hostile); break;
+    case 1: run_case<T>(in, ism::full_mask(), s, hostile); break;
+    case 2: run_case<T>(in, ism::prefix_mask(in.small(0, window + 2)), s, hostile); break;
+    default: {
+      // A layout of window (+-1) tokens: ISM turns, packed documents with
+      // padding, or the mask's raw row bounds (the kernels' own view of it).
+      const index_t length = std::max<index_t>(1, window + in.small(0, 2) - (in.small(0, 7) == 0));
+      std::vector<std::vector<ism::Segment>> docs(1);
+      for (index_t at = 0; at < length;) {
+        const index_t len = std::min(length - at, in.small(1, 30));
+        if (at > 0 && in.small(0, 5) == 0) docs.emplace_back();
+        docs.back().push_back({len, in.coin() ? Attend::Causal : Attend::Bidirectional});
+        at += len;
+      }
+      index_t pad = 0;
+      if (docs.size() > 1 && docs.back().size() == 1 && in.coin()) {
+        pad = docs.back().front().length;
+        docs.pop_back();
+      }
+      const ism::SegmentMask mask = ism::packed_mask(docs, pad);
+      if (in.coin()) run_case<T>(in, mask, s, hostile);
+      else run_case<T>(in, mask.bounds(), s, hostile);
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  Input in(data, size);
+  const std::uint8_t kind = in.byte() % 4;
+  const int hostile = kind == 3 ? int(in.byte()) : -1;
+  switch (kind == 3 ? in.byte() % 3 : kind) {
+    case 0: fuzz_one<float>(in, hostile); break;
+    case 1: fuzz_one<Eigen::bfloat16>(in, hostile); break;
+    default: fuzz_one<Eigen::half>(in, hostile); break;
+  }
+  return 0;
+}
