@@ -73,6 +73,11 @@ struct Conversation {
   }
 };
 
+Conversation random_conversation(Rng& rng, index_t n) {
+  const index_t kv_heads = rng.uniform(1, 3), q_heads = kv_heads * rng.uniform(1, 3);
+  return Conversation(rng, n, q_heads, kv_heads, rng.uniform(1, 33));
+}
+
 // Plays the script as an engine would: after every event, one pending step
 // (split into prefill chunks when asked), then commit. `check` sees the dialogue
 // and the step before it is computed, and the outputs before and after.
@@ -114,11 +119,7 @@ void expect_matches_whole(const Dialogue& d, const Conversation& c) {
   Tensor<double> ref(n, heads, dim);
   ism::reference_attention_into<float, double, double>(c.q.cview(), c.k.cview(), c.v.cview(), ref.view, d.mask(),
                                                        {}, nullptr);
-  double err = 0;
-  for (index_t t = 0; t < n; ++t)
-    for (index_t h = 0; h < heads; ++h)
-      for (index_t i = 0; i < dim; ++i) err = std::max(err, std::abs(double(c.out.view(t, h, i)) - ref.view(t, h, i)));
-  EXPECT_LE(err, 2e-5);
+  EXPECT_LE(max_abs_diff(c.out, ref, 0, n), 2e-5);
 }
 
 TEST(Dialogue, IsmIncrementalEqualsWholeAndReusesEverything) {
@@ -127,8 +128,7 @@ TEST(Dialogue, IsmIncrementalEqualsWholeAndReusesEverything) {
   for (int iter = 0; iter < 40; ++iter) {
     const auto script = random_script(rng, 24);
     SCOPED_TRACE(describe(script));
-    const index_t kv_heads = rng.uniform(1, 3), q_heads = kv_heads * rng.uniform(1, 3);
-    Conversation c(rng, total_length(script), q_heads, kv_heads, rng.uniform(1, 33));
+    Conversation c = random_conversation(rng, total_length(script));
     Dialogue d(DialogueMask::Ism);
     play(d, script, c, rng, rng.coin(), [&](const Event&, const ism::DialogueStep& step, index_t cached_before,
                                             const Tensor<float>& before, const Tensor<float>& after) {
@@ -147,8 +147,7 @@ TEST(Dialogue, MultiTurnPrefixLmChangesEarlierRowsAndClaimsNoReuse) {
   for (int iter = 0; iter < 40; ++iter) {
     const auto script = random_script(rng, 24);
     SCOPED_TRACE(describe(script));
-    const index_t kv_heads = rng.uniform(1, 3), q_heads = kv_heads * rng.uniform(1, 3);
-    Conversation c(rng, total_length(script), q_heads, kv_heads, rng.uniform(1, 33));
+    Conversation c = random_conversation(rng, total_length(script));
     Dialogue d(DialogueMask::MultiTurnPrefixLM);
     play(d, script, c, rng, /*chunked=*/false,
          [&](const Event& e, const ism::DialogueStep& step, index_t cached_before, const Tensor<float>& before,
@@ -177,7 +176,7 @@ TEST(Dialogue, CausalReusesEverythingAndMatchesWhole) {
   for (int iter = 0; iter < 20; ++iter) {
     const auto script = random_script(rng, 16);
     SCOPED_TRACE(describe(script));
-    Conversation c(rng, total_length(script), 2, 1, rng.uniform(1, 17));
+    Conversation c = random_conversation(rng, total_length(script));
     Dialogue d(DialogueMask::Causal);
     play(d, script, c, rng, rng.coin(),
          [&](const Event&, const ism::DialogueStep& step, index_t cached_before, const Tensor<float>&,

@@ -33,9 +33,10 @@ Tensor<T> snapshot(const Tensor<T>& src) {
   return dst;
 }
 
-// Largest |a - b| over rows [first, first + n) of two same-shaped tensors.
-template <class T>
-double max_abs_diff(const Tensor<T>& a, const Tensor<T>& b, index_t first, index_t n) {
+// Largest |a - b| over rows [first, first + n) of two same-shaped tensors
+// (b may be the fp64 reference).
+template <class A, class B>
+double max_abs_diff(const Tensor<A>& a, const Tensor<B>& b, index_t first, index_t n) {
   double m = 0;
   for (index_t t = first; t < first + n; ++t)
     for (index_t h = 0; h < a.view.heads; ++h)

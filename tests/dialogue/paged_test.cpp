@@ -93,11 +93,7 @@ void check_paged_equals_contiguous(Rng& rng, const Mask& mask, index_t len) {
   opt.lse = nullptr;
   ism::reference_attention_into<T, double, double>(q.cview(), k.cview(), v.cview(), ref.view, mask, opt, nullptr);
   const double tol = std::is_same_v<T, float> ? 2e-5 : 1e-2;
-  double err = 0;
-  for (index_t t = 0; t < n_q; ++t)
-    for (index_t h = 0; h < q_heads; ++h)
-      for (index_t d = 0; d < dim; ++d) err = std::max(err, std::abs(double(out_p.view(t, h, d)) - ref.view(t, h, d)));
-  EXPECT_LE(err, tol);
+  EXPECT_LE(max_abs_diff(out_p, ref, 0, n_q), tol);
 }
 
 TEST(PagedKV, EqualsContiguousForEveryMaskGqaAndOffset) {
