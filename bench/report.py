@@ -15,6 +15,9 @@ missing). Options:
     --json-dir DIR   keep the raw JSON here (default DIR/report-json)
     --render-only    skip building and running; render from existing JSON
     --quick          one repetition and shorter case lists (a smoke run)
+    --rev REV        measure the committed tree REV (git archive into
+                     BUILD/src) instead of the working tree, so the report
+                     names exactly the code it measured
 
 Python 3 standard library only.
 """
@@ -89,8 +92,26 @@ def load_average():
         return [float(x) for x in f.read().split()[:3]]
 
 
-def configure_and_build(build):
-    sh(["cmake", "-S", ROOT, "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+def snapshot(rev, build):
+    """A clean copy of the committed tree at rev, for measuring exactly it."""
+    src = os.path.join(build, "src")
+    shutil.rmtree(src, ignore_errors=True)
+    os.makedirs(src)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+    return src
+
+
+def configure_and_build(build, source):
+    # A build tree remembers its source; switching between the working tree and
+    # a snapshot needs a fresh configure.
+    cache = os.path.join(build, "CMakeCache.txt")
+    if os.path.exists(cache):
+        m = re.search(r"^CMAKE_HOME_DIRECTORY:INTERNAL=(.+)$", open(cache).read(), re.M)
+        if m and os.path.realpath(m.group(1)) != os.path.realpath(source):
+            os.remove(cache)
+            shutil.rmtree(os.path.join(build, "CMakeFiles"), ignore_errors=True)
+    sh(["cmake", "-S", source, "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
         "-DISM_BUILD_BENCHMARKS=ON", "-DISM_BUILD_TESTS=OFF", "-DISM_BUILD_EXAMPLES=OFF",
         "-DISM_BENCH_NATIVE=ON", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"])
     sh(["cmake", "--build", build, "-j", "2"])
@@ -231,7 +252,7 @@ def cmd_output(cmd):
         return ""
 
 
-def machine(build):
+def machine(build, meta):
     info = {}
     lscpu = cmd_output(["lscpu"])
     m = re.search(r"^Model name:\s*(.+)$", lscpu, re.M)
@@ -256,10 +277,10 @@ def machine(build):
                 parts = shlex.split(c["command"])
                 keep = [p for p in parts[1:] if p.startswith(("-O", "-march", "-std", "-f", "-D", "-W"))]
                 info["flags"] = " ".join(keep)
-    info["commit"] = cmd_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]) or "unknown"
-    dirty = cmd_output(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"])
-    if dirty:
-        info["commit"] += " (with uncommitted changes in the tree)"
+    if meta.get("rev"):
+        info["commit"] = meta["rev"] + " (a clean snapshot of that commit)"
+    else:
+        info["commit"] = meta.get("tree", "unknown")
     return info
 
 
@@ -578,6 +599,54 @@ def kernel_section(res_kernel):
             table(["case", "time", "cv", "useful GFLOP/s", "Empty tiles"], rows))
 
 
+def headlines(res):
+    """The few numbers a reader wants first, computed from this run."""
+    out = []
+    peak, label = ceiling(res, 1)
+    for n in (4096, 2048):
+        ism = res.one(["prefill", "ism", "ism16", "fp32"], N=n, dim=128, threads=1)
+        eig = res.one(["prefill", "eigen", "ism16", "fp32"], N=n, dim=128, threads=1)
+        causal = res.one(["prefill", "ism", "causal", "fp32"], N=n, dim=128, threads=1)
+        none = res.one(["prefill", "ism", "none", "fp32"], N=n, dim=128, threads=1)
+        if not ism:
+            continue
+        line = (f"- Prefill, ISM with 16 segments, N={n}, fp32, H=8, D=128, 1 thread: {fmt_time(ism['time_s'])}, "
+                f"{fmt(gflops(ism), 0)} useful GFLOP/s = {fmt(ratio(gflops(ism), peak), 2)} of SGEMM ({label})")
+        if eig:
+            line += f", {fmt(ratio(eig['time_s'], ism['time_s']), 1)}x faster than unfused Eigen"
+        if causal and none:
+            line += (f"; ISM/causal time {fmt(ratio(ism['time_s'], causal['time_s']), 2)}, "
+                     f"causal/none {fmt(ratio(causal['time_s'], none['time_s']), 2)}")
+        out.append(line + ".")
+        break
+    rounds = sorted({e["kv"]["round"] for e in res.find(["dialogue"])})
+    if rounds:
+        r = rounds[-1]
+        th = max(e["kv"]["threads"] for e in res.find(["dialogue"]))
+        i, p, c = (res.one(["dialogue", s], round=r, threads=th) for s in ("ism", "prefix", "causal"))
+        if i and p and c:
+            out.append(f"- Dialogue round {r} (attention only, {th} threads): ISM {fmt_time(i['time_s'])}, causal "
+                       f"{fmt_time(c['time_s'])}, multi-turn prefix-LM {fmt_time(p['time_s'])} "
+                       f"({fmt(ratio(p['time_s'], i['time_s']), 1)}x ISM, its prefill alone "
+                       f"{p['prefill_ms']:.0f} ms vs {i['prefill_ms']:.0f} ms).")
+    d = res.one(["decode", "ism", "bf16"], rows=1, cache=65536, threads=2) or res.one(
+        ["decode", "ism", "fp32"], rows=1, cache=65536, threads=2)
+    bw, _ = bandwidth(res, 2)
+    if d and bw:
+        out.append(f"- Decode, 1 row against a 64k-token {d['pos'][2]} cache (GQA 32/8, D=128, 2 threads): "
+                   f"{fmt_time(d['time_s'])} per step, {fmt(d['bytes_per_second'] / 1e9, 1)} GB/s of K+V = "
+                   f"{fmt(ratio(d['bytes_per_second'] / 1e9, bw), 2)} of the measured read bandwidth "
+                   f"({fmt(bw, 1)} GB/s).")
+    m = res.one(["mask", "build-ism"], N=4096, segments=64)
+    b = res.one(["mask", "blockmap"], N=4096, segments=64)
+    a = res.one(["mask", "attention"], N=4096, segments=64)
+    if m and b and a:
+        out.append(f"- Mask cost, N=4096, 64 segments: building the ISM mask {fmt_time(m['time_s'])} and its "
+                   f"block map {fmt_time(b['time_s'])}, {100 * (m['time_s'] + b['time_s']) / a['time_s']:.3f}% "
+                   f"of the attention it feeds ({fmt_time(a['time_s'])}).")
+    return "\n".join(out) + "\n" if out else ""
+
+
 def render(build, json_dir, meta):
     res = Results()
     tags = [r[0] for r in standard_runs(meta.get("quick", False))]
@@ -593,7 +662,7 @@ def render(build, json_dir, meta):
 
     os.makedirs(PLOTS, exist_ok=True)
     plots = []
-    info = machine(build)
+    info = machine(build, meta)
     ctx = res.contexts[0] if res.contexts else {}
     with tempfile.TemporaryDirectory() as tmp:
         prefill = prefill_section(res, tmp, plots)
@@ -629,7 +698,9 @@ def render(build, json_dir, meta):
               "from a mask. Debian's Google Benchmark library prints \"built as DEBUG\"; that concerns the "
               "harness library, not the code measured.\n\n")
 
-    md.append("## Kernel acceptance (issue 3)\n\n")
+    md.append("## Headlines\n\n")
+    md.append(headlines(res))
+    md.append("\n## Kernel acceptance (issue 3)\n\n")
     md.append("### From bench/kernel_bench (the kernel's acceptance binary, run with OPENBLAS_CORETYPE=SkylakeX)\n\n")
     md.append(kernel_section(res_kernel))
     md.append("\n### Cross-check from the prefill_bench cases of the same shape\n\n")
@@ -664,6 +735,7 @@ def main():
     ap.add_argument("--json-dir", default=None)
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rev", default=None)
     args = ap.parse_args()
     build = os.path.abspath(args.build)
     json_dir = os.path.abspath(args.json_dir or os.path.join(build, "report-json"))
@@ -672,10 +744,19 @@ def main():
     ensure_gnuplot()
 
     if not args.render_only:
-        configure_and_build(build)
         meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "command": "python3 bench/report.py" + (" --quick" if args.quick else ""),
-                "quick": args.quick, "load_before": load_average()}
+                "command": " ".join(["python3 bench/report.py"] + sys.argv[1:]),
+                "quick": args.quick}
+        if args.rev:
+            meta["rev"] = cmd_output(["git", "-C", ROOT, "rev-parse", "--short", args.rev])
+            source = snapshot(meta["rev"], build)
+        else:
+            source = ROOT
+            head = cmd_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]) or "unknown"
+            dirty = cmd_output(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"])
+            meta["tree"] = head + (" plus uncommitted changes in the working tree" if dirty else "")
+        configure_and_build(build, source)
+        meta["load_before"] = load_average()
         for f in os.listdir(json_dir):
             if f.endswith(".json"):
                 os.remove(os.path.join(json_dir, f))
