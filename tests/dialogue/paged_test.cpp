@@ -248,11 +248,11 @@ TEST(PagedKV, BadArgumentsAreNamedAndWriteNothing) {
             std::string::npos);
   EXPECT_NE(message_of(ism::PagedKV<float>(pool.k.data(), pool.v.data(), pool.pages, ps, 1, dim + 1, pool.table.data(), n),
                        out.view)
-                .find("differs from q.dim"),
+                .find("kv.dim = 5 differs from q.dim = 4"),
             std::string::npos);
   EXPECT_NE(message_of(ism::PagedKV<float>(pool.k.data(), pool.v.data(), pool.pages, ps, 3, dim, pool.table.data(), n),
                        out.view)
-                .find("not a multiple"),
+                .find("q.heads = 2 is not a multiple of kv.heads = 3"),
             std::string::npos);
   EXPECT_NE(message_of(ism::PagedKV<float>(pool.k.data(), pool.v.data(), 2, ps, 1, dim, pool.table.data(), n), out.view)
                 .find("more than kv.num_pages = 2"),

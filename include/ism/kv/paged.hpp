@@ -105,6 +105,11 @@ template <class T, class Mask>
 AttentionShape check_paged_attention(const char* where, HeadsView<const T> q, const PagedKV<T>& kv,
                                      const HeadsView<T>& out, const Mask& mask, const AttentionOptions& opt) {
   detail::check_paged_kv(where, kv);
+  // Named for the paged cache here; check_attention would call them k.dim and k.heads.
+  detail::check_view(where, "q", q);
+  if (kv.dim() != q.dim) detail::fail(where, "kv.dim = ", kv.dim(), " differs from q.dim = ", q.dim);
+  if (q.heads % kv.heads() != 0)
+    detail::fail(where, "q.heads = ", q.heads, " is not a multiple of kv.heads = ", kv.heads());
   const auto k_pool = detail::pool_view(kv.k_pages(), kv.num_pages(), kv.page_size(), kv.heads(), kv.dim());
   const auto v_pool = detail::pool_view(kv.v_pages(), kv.num_pages(), kv.page_size(), kv.heads(), kv.dim());
   HeadsView<const T> k_rows = k_pool, v_rows = v_pool;
