@@ -50,7 +50,7 @@ struct PartialState {
   float* l;
 };
 
-using TileFn = void (*)(Workspace&, index_t nrows, index_t nk);
+using TileFn = void (*)(const TileBuffers&, index_t nrows, index_t nk);
 struct TileFns {
   TileFn full, partial;
   index_t dp;  // padded head dim
@@ -86,8 +86,10 @@ inline void load_row(const T* src, float* dst, index_t dim, index_t dp) {
 }
 
 // Runs rows[0, nrows) against key tiles [tile_begin, tile_end) (clipped to
-// what the rows see). `heads` is how many query heads the rows span, for the
-// visit counter. With `partial` null the output and LSE are final.
+// what the rows see). Rows come in query tiles of tile_q (at most
+// max_q_tiles of them), which share each packed key tile. `heads` is how many
+// query heads a tile's rows span, for the visit counter. With `partial` null
+// the output and LSE are final.
 template <class S, class T, class KV, class Mask>
 void attend_rows(const TileRow<T>* rows, index_t nrows, index_t heads, const KV& kv, index_t kv_head,
                  const Mask& mask, index_t n_k, index_t dim, float scale, index_t tile_begin, index_t tile_end,
@@ -98,86 +100,110 @@ void attend_rows(const TileRow<T>* rows, index_t nrows, index_t heads, const KV&
   const TileFns fns = tile_fns<S>(dim);
   const index_t dp = fns.dp;
   Workspace& ws = thread_workspace(dp);
-  const index_t nv = (nrows + W - 1) / W;
 
-  // Row bounds and the tile's any / all key ranges.
-  index_t lo[tile_q], hi[tile_q];
-  KeyRange any{n_k, 0}, all{0, n_k};
-  for (index_t r = 0; r < nrows; ++r) {
-    const KeyRange k = visible_keys(mask, rows[r].pos, n_k);
-    lo[r] = k.begin;
-    hi[r] = k.end;
-    any = {std::min(any.begin, k.begin), std::max(any.end, k.end)};
-    all = {std::max(all.begin, k.begin), std::min(all.end, k.end)};
+  struct QTile {
+    index_t r0, n, nv;      // rows [r0, r0 + n), in nv vectors
+    KeyRange any, all;      // keys some row sees / every row sees
+    index_t c_begin, c_end; // key tiles to visit
+    TileBuffers b;
+  };
+  QTile tiles[max_q_tiles];
+  const index_t n_tiles = (nrows + tile_q - 1) / tile_q;
+  index_t lo[max_q_tiles * tile_q], hi[max_q_tiles * tile_q];
+  index_t c_first = tile_end, c_last = tile_begin;
+  const float qscale = scale * 1.4426950408889634f;  // log2(e): scores in log2 units
+  for (index_t s = 0; s < n_tiles; ++s) {
+    QTile& qt = tiles[s];
+    qt.r0 = s * tile_q;
+    qt.n = std::min(tile_q, nrows - qt.r0);
+    qt.nv = (qt.n + W - 1) / W;
+    qt.b = ws.tile(s);
+    qt.any = {n_k, 0};
+    qt.all = {0, n_k};
+    for (index_t r = qt.r0; r < qt.r0 + qt.n; ++r) {
+      const KeyRange k = visible_keys(mask, rows[r].pos, n_k);
+      lo[r] = k.begin;
+      hi[r] = k.end;
+      qt.any = {std::min(qt.any.begin, k.begin), std::max(qt.any.end, k.end)};
+      qt.all = {std::max(qt.all.begin, k.begin), std::min(qt.all.end, k.end)};
+    }
+    qt.c_begin = std::max(tile_begin, qt.any.begin / tile_k);
+    qt.c_end = qt.any.end > qt.any.begin ? std::min(tile_end, (qt.any.end + tile_k - 1) / tile_k) : qt.c_begin;
+    if (qt.c_end > qt.c_begin) {
+      c_first = std::min(c_first, qt.c_begin);
+      c_last = std::max(c_last, qt.c_end);
+    }
+    // Q^T, pre-scaled; padding lanes and dims are 0.
+    float* qtr = qt.b.qt;
+    for (index_t i = 0; i < qt.n; ++i) {
+      const T* q = rows[qt.r0 + i].q;
+      for (index_t d = 0; d < dim; ++d) qtr[d * tile_q + i] = to_float(q[d]) * qscale;
+      for (index_t d = dim; d < dp; ++d) qtr[d * tile_q + i] = 0.f;
+    }
+    for (index_t i = qt.n; i < qt.nv * W; ++i)
+      for (index_t d = 0; d < dp; ++d) qtr[d * tile_q + i] = 0.f;
+    for (index_t i = 0; i < qt.nv * W; ++i) {
+      qt.b.m[i] = -std::numeric_limits<float>::infinity();
+      qt.b.l[i] = 0.f;
+    }
+    for (index_t i = 0; i < qt.n * dp; ++i) qt.b.o[i] = 0.f;
   }
 
-  // Q^T, pre-scaled so scores come out in log2 units; padding lanes are 0.
-  const float qscale = scale * 1.4426950408889634f;  // log2(e)
-  for (index_t r = 0; r < nrows; ++r) {
-    const T* q = rows[r].q;
-    for (index_t d = 0; d < dim; ++d) ws.qt[d * tile_q + r] = to_float(q[d]) * qscale;
-    for (index_t d = dim; d < dp; ++d) ws.qt[d * tile_q + r] = 0.f;
-  }
-  for (index_t r = nrows; r < nv * W; ++r)
-    for (index_t d = 0; d < dp; ++d) ws.qt[d * tile_q + r] = 0.f;
-  for (index_t r = 0; r < nv * W; ++r) {
-    ws.m[r] = -std::numeric_limits<float>::infinity();
-    ws.l[r] = 0.f;
-  }
-  for (index_t i = 0; i < nrows * dp; ++i) ws.o[i] = 0.f;
-
-  if (any.end > any.begin) {
-    const index_t c_begin = std::max(tile_begin, any.begin / tile_k);
-    const index_t c_end = std::min(tile_end, (any.end + tile_k - 1) / tile_k);
-    for (index_t c = c_begin; c < c_end; ++c) {
-      const index_t k0 = c * tile_k, k1 = std::min(n_k, k0 + tile_k), nk = k1 - k0;
-      for (index_t j = 0; j < nk; ++j) {
-        load_row<S>(kv.key(k0 + j, kv_head), ws.kp + j * dp, dim, dp);
-        load_row<S>(kv.value(k0 + j, kv_head), ws.vp + j * dp, dim, dp);
-      }
-      // Key rows up to the score block's multiple are computed, never used.
-      const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
-      for (index_t i = nk * dp; i < nk_pad * dp; ++i) ws.kp[i] = 0.f;
+  const TileBuffers shared = ws.tile(0);
+  for (index_t c = c_first; c < c_last; ++c) {
+    const index_t k0 = c * tile_k, k1 = std::min(n_k, k0 + tile_k), nk = k1 - k0;
+    for (index_t j = 0; j < nk; ++j) {
+      load_row<S>(kv.key(k0 + j, kv_head), shared.kp + j * dp, dim, dp);
+      load_row<S>(kv.value(k0 + j, kv_head), shared.vp + j * dp, dim, dp);
+    }
+    // Key rows up to the score block's multiple are computed, never used.
+    const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
+    for (index_t i = nk * dp; i < nk_pad * dp; ++i) shared.kp[i] = 0.f;
+    for (index_t s = 0; s < n_tiles; ++s) {
+      QTile& qt = tiles[s];
+      if (c < qt.c_begin || c >= qt.c_end) continue;  // Empty for this query tile
       if (detail::visited_tiles) detail::visited_tiles->fetch_add(heads, std::memory_order_relaxed);
-
-      if (all.begin <= k0 && k1 <= all.end) {
-        fns.full(ws, nrows, nk);
-      } else {
-        // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact
-        // in float whatever the absolute positions are. Padding lanes see
-        // nothing.
-        for (index_t r = 0; r < nv * W; ++r) {
-          const index_t a = r < nrows ? lo[r] - k0 : 0, b = r < nrows ? hi[r] - k0 : 0;
-          ws.lo[r] = static_cast<float>(std::clamp<index_t>(a, -1, tile_k + 1));
-          ws.hi[r] = static_cast<float>(std::clamp<index_t>(b, -1, tile_k + 1));
-        }
-        fns.partial(ws, nrows, nk);
+      if (qt.all.begin <= k0 && k1 <= qt.all.end) {
+        fns.full(qt.b, qt.n, nk);
+        continue;
       }
+      // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact in
+      // float whatever the absolute positions are. Padding lanes see nothing.
+      for (index_t i = 0; i < qt.nv * W; ++i) {
+        const index_t a = i < qt.n ? lo[qt.r0 + i] - k0 : 0, b = i < qt.n ? hi[qt.r0 + i] - k0 : 0;
+        qt.b.lo[i] = static_cast<float>(std::clamp<index_t>(a, -1, tile_k + 1));
+        qt.b.hi[i] = static_cast<float>(std::clamp<index_t>(b, -1, tile_k + 1));
+      }
+      fns.partial(qt.b, qt.n, nk);
     }
   }
 
-  if (partial) {
-    for (index_t r = 0; r < nrows; ++r) {
-      for (index_t d = 0; d < dim; ++d) partial->o[r * dim + d] = ws.o[r * dp + d];
-      partial->m[r] = ws.m[r];
-      partial->l[r] = ws.l[r];
+  for (index_t s = 0; s < n_tiles; ++s) {
+    const QTile& qt = tiles[s];
+    if (partial) {
+      for (index_t i = 0; i < qt.n; ++i) {
+        const index_t r = qt.r0 + i;
+        for (index_t d = 0; d < dim; ++d) partial->o[r * dim + d] = qt.b.o[i * dp + d];
+        partial->m[r] = qt.b.m[i];
+        partial->l[r] = qt.b.l[i];
+      }
+      continue;
     }
-    return;
-  }
-  // l == 0 means the row saw no key: output 0, LSE -inf (never 0/0). A NaN l
-  // (a NaN score) is not "no key": it makes the row NaN, as it should.
-  for (index_t r = 0; r < nrows; ++r) {
-    const float l = ws.l[r];
-    const float inv = l == 0.f ? 0.f : 1.f / l;
-    const typename S::V vinv = S::set1(inv);
-    const float* o = ws.o + r * dp;
-    T* out = rows[r].out;
-    index_t d = 0;
-    for (; d + W <= dim; d += W) S::store(out + d, S::mul(S::load(o + d), vinv));
-    for (; d < dim; ++d) out[d] = from_float<T>(o[d] * inv);
-    if (rows[r].lse)
-      *rows[r].lse = l == 0.f ? -std::numeric_limits<float>::infinity()
-                              : (ws.m[r] + std::log2(l)) * 0.6931471805599453f;
+    // l == 0 means the row saw no key: output 0, LSE -inf (never 0/0). A NaN
+    // l (a NaN score) is not "no key": it makes the row NaN, as it should.
+    for (index_t i = 0; i < qt.n; ++i) {
+      const float l = qt.b.l[i];
+      const float inv = l == 0.f ? 0.f : 1.f / l;
+      const typename S::V vinv = S::set1(inv);
+      const float* o = qt.b.o + i * dp;
+      T* out = rows[qt.r0 + i].out;
+      index_t d = 0;
+      for (; d + W <= dim; d += W) S::store(out + d, S::mul(S::load(o + d), vinv));
+      for (; d < dim; ++d) out[d] = from_float<T>(o[d] * inv);
+      if (rows[qt.r0 + i].lse)
+        *rows[qt.r0 + i].lse = l == 0.f ? -std::numeric_limits<float>::infinity()
+                                        : (qt.b.m[i] + std::log2(l)) * 0.6931471805599453f;
+    }
   }
 }
 

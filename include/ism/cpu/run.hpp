@@ -2,7 +2,8 @@
 // Planning and scheduling: turns one or many attention problems into
 // independent tasks, runs them through a parallel-for, then merges split keys.
 //
-//   prefill  (many query rows): one task per (query head, query tile);
+//   prefill  (many query rows): one task per (query head, group of up to
+//            max_q_tiles query tiles that share each packed key tile);
 //   grouped  (n_q * group <= tile_q: decode and short chunks): the query rows
 //            of all heads sharing a KV head form ONE tile, so K/V are packed
 //            once for the whole group; if the rows see many key tiles, the
@@ -45,8 +46,8 @@ struct Problem {
 
 struct Task {
   index_t problem;
-  index_t head;     // query head (prefill) or KV head (grouped)
-  index_t row0;     // first query row (prefill)
+  index_t head;        // query head (prefill) or KV head (grouped)
+  index_t row0, row1;  // query rows (prefill)
   index_t tile_begin, tile_end;  // key tiles (grouped chunks); else all
   index_t chunk;    // chunk index within the split; -1: writes final output
   index_t merge;    // index into the merge list, or -1
@@ -84,7 +85,7 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
       const index_t chunks = std::min(max_key_chunks, std::max<index_t>(1, nt / min_chunk_tiles));
       for (index_t g = 0; g < s.kv_heads; ++g) {
         if (chunks == 1) {
-          tasks.push_back({p, g, 0, 0, all_tiles, none, none, std::max<index_t>(1, nt) * rows});
+          tasks.push_back({p, g, 0, 0, 0, all_tiles, none, none, std::max<index_t>(1, nt) * rows});
           continue;
         }
         const index_t m = static_cast<index_t>(merges.size());
@@ -92,16 +93,24 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
         scratch_size += chunks * rows * (s.dim + 2);
         for (index_t c = 0; c < chunks; ++c) {
           const index_t b = t0 + nt * c / chunks, e = t0 + nt * (c + 1) / chunks;
-          tasks.push_back({p, g, 0, b, e, c, m, (e - b) * rows});
+          tasks.push_back({p, g, 0, 0, b, e, c, m, (e - b) * rows});
         }
       }
     } else {
-      for (index_t r0 = 0; r0 < s.n_q; r0 += tile_q) {
-        const index_t r1 = std::min(s.n_q, r0 + tile_q);
-        const KeyRange any = row_block_keys(mask, s.q_offset + r0, s.q_offset + r1, s.n_k).any;
-        const index_t nt = any.end > any.begin ? ceil_div(any.end, tile_k) - any.begin / tile_k : 0;
-        for (index_t h = 0; h < s.q_heads; ++h)
-          tasks.push_back({p, h, r0, 0, all_tiles, none, none, std::max<index_t>(1, nt) * (r1 - r0)});
+      // Groups of g query tiles share each packed key tile; g shrinks for
+      // small problems so there are still enough tasks to spread.
+      const index_t q_tiles = ceil_div(s.n_q, tile_q);
+      const index_t g = std::clamp<index_t>(q_tiles * s.q_heads / 16, 1, max_q_tiles);
+      for (index_t r0 = 0; r0 < s.n_q; r0 += g * tile_q) {
+        const index_t r1 = std::min(s.n_q, r0 + g * tile_q);
+        index_t cost = 0;
+        for (index_t t0 = r0; t0 < r1; t0 += tile_q) {
+          const index_t t1 = std::min(r1, t0 + tile_q);
+          const KeyRange any = row_block_keys(mask, s.q_offset + t0, s.q_offset + t1, s.n_k).any;
+          const index_t nt = any.end > any.begin ? ceil_div(any.end, tile_k) - any.begin / tile_k : 0;
+          cost += std::max<index_t>(1, nt) * (t1 - t0);
+        }
+        for (index_t h = 0; h < s.q_heads; ++h) tasks.push_back({p, h, r0, r1, 0, all_tiles, none, none, cost});
       }
     }
   }
@@ -124,11 +133,11 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
     const Task& task = tasks[static_cast<size_t>(i)];
     const Problem<T, KV, Mask>& pr = problems[task.problem];
     const AttentionShape& s = pr.shape;
-    TileRow<T> rows[tile_q];
+    TileRow<T> rows[max_q_tiles * tile_q];
     if (task.merge == none && s.n_q * s.group > tile_q) {
-      const index_t h = task.head, r1 = std::min(s.n_q, task.row0 + tile_q);
+      const index_t h = task.head;
       index_t n = 0;
-      for (index_t t = task.row0; t < r1; ++t)
+      for (index_t t = task.row0; t < task.row1; ++t)
         rows[n++] = {pr.q.row(t, h), pr.out.row(t, h), pr.lse ? pr.lse + h * s.n_q + t : nullptr, s.q_offset + t};
       attend_rows<S>(rows, n, 1, pr.kv, h / s.group, *pr.mask, s.n_k, s.dim, s.scale, task.tile_begin,
                      task.tile_end, nullptr);

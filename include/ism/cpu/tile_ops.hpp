@@ -2,7 +2,7 @@
 // The arithmetic of one (query tile, key tile) step, written once against the
 // SIMD vocabulary S (cpu/simd/*.hpp). It knows nothing of masks or element
 // types: the tile loop (cpu/kernel.hpp) packs fp32 operands into the
-// Workspace and says whether the tile is Full (no mask code at all) or Partial
+// TileBuffers and says whether the tile is Full (no mask code at all) or Partial
 // (per-row key bounds applied).
 //
 // Layout choice: scores are kept transposed, st[key][row], with query rows in
@@ -97,7 +97,7 @@ inline void with_block(int n, F&& f) {
 // a multiple of S::s_keys. DP > 0 makes the padded dim a compile-time constant
 // (the fast head dims); DP == 0 reads ws.dp.
 template <class S, int DP, bool Partial>
-inline void attend_tile(Workspace& ws, index_t nrows, index_t nk) {
+inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
   using V = typename S::V;
   constexpr int W = S::width;
   const index_t dp = DP > 0 ? DP : ws.dp;

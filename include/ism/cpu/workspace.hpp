@@ -25,47 +25,56 @@ inline AlignedBuffer aligned_floats(index_t n) {
                                                              std::align_val_t(64))));
 }
 
-// Layout for a padded head dim dp (dim rounded up to the vector width):
-//   qt [dp][tile_q]   the query tile, transposed and pre-scaled
-//   kp [tile_k][dp]   the key tile, fp32
-//   vp [tile_k][dp]   the value tile, fp32
-//   st [tile_k][tile_q] scores, then probabilities (transposed: rows in lanes)
-//   o  [tile_q][dp]   the unnormalised output accumulator
+// Query tiles that share one packed key tile (each key tile is read from the
+// cache once per group instead of once per query tile).
+inline constexpr index_t max_q_tiles = 4;
+
+// The buffers one (query tile, key tile) step works on, for a padded head dim
+// dp (dim rounded up to the vector width):
+//   qt [dp][tile_q]     the query tile, transposed and pre-scaled
+//   o  [tile_q][dp]     its unnormalised output accumulator
 //   m, l, alpha, lo, hi [tile_q]: running max, running sum, rescale factor,
 //                       and the tile-relative key bounds of each row
-struct Workspace {
+//   kp, vp [tile_k][dp] the key and value tile in fp32 (shared by the group)
+//   st [tile_k][tile_q] scores, then probabilities (transposed: rows in lanes)
+struct TileBuffers {
   index_t dp = 0;
-  float *qt = nullptr, *kp = nullptr, *vp = nullptr, *st = nullptr, *o = nullptr;
-  float *m = nullptr, *l = nullptr, *alpha = nullptr, *lo = nullptr, *hi = nullptr;
+  float *qt = nullptr, *o = nullptr, *m = nullptr, *l = nullptr, *alpha = nullptr, *lo = nullptr, *hi = nullptr;
+  float *kp = nullptr, *vp = nullptr, *st = nullptr;
+};
 
+// Owns the buffers of max_q_tiles query tiles and one key tile.
+class Workspace {
+ public:
   void reserve(index_t padded_dim) {
-    if (padded_dim <= capacity_dp_) {
-      dp = padded_dim;
-      carve();
-      return;
-    }
+    dp_ = padded_dim;
+    if (padded_dim <= capacity_dp_) return;
     capacity_dp_ = padded_dim;
-    dp = padded_dim;
-    const index_t n = (2 * tile_q + 2 * tile_k) * padded_dim + tile_k * tile_q + 5 * tile_q;
-    buffer_ = aligned_floats(n);
-    carve();
+    buffer_ = aligned_floats(max_q_tiles * per_q_tile(padded_dim) + 2 * tile_k * padded_dim + tile_k * tile_q);
+  }
+  // Buffers of query tile s (0 <= s < max_q_tiles) and the shared key tile.
+  TileBuffers tile(index_t s) const {
+    TileBuffers b;
+    b.dp = dp_;
+    float* p = buffer_.get() + s * per_q_tile(dp_);
+    b.qt = p; p += dp_ * tile_q;
+    b.o = p;  p += tile_q * dp_;
+    b.m = p;  p += tile_q;
+    b.l = p;  p += tile_q;
+    b.alpha = p; p += tile_q;
+    b.lo = p; p += tile_q;
+    b.hi = p;
+    float* shared = buffer_.get() + max_q_tiles * per_q_tile(dp_);
+    b.kp = shared;
+    b.vp = shared + tile_k * dp_;
+    b.st = shared + 2 * tile_k * dp_;
+    return b;
   }
 
  private:
-  void carve() {
-    float* p = buffer_.get();
-    qt = p; p += dp * tile_q;
-    kp = p; p += tile_k * dp;
-    vp = p; p += tile_k * dp;
-    o = p;  p += tile_q * dp;
-    st = p; p += tile_k * tile_q;
-    m = p;  p += tile_q;
-    l = p;  p += tile_q;
-    alpha = p; p += tile_q;
-    lo = p; p += tile_q;
-    hi = p;
-  }
-  index_t capacity_dp_ = 0;
+  // A multiple of 16 floats, so every buffer starts 64-byte aligned.
+  static index_t per_q_tile(index_t dp) { return 2 * dp * tile_q + 5 * tile_q; }
+  index_t dp_ = 0, capacity_dp_ = 0;
   AlignedBuffer buffer_;
 };
 
