@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The CPU kernel's instruction-set paths that the main build cannot run here.
+# scripts/test.sh already built and ran cpu_kernel_{scalar,avx2,avx512} for the
+# x86 paths this machine runs (tests/cpu/CMakeLists.txt); this step
+# cross-compiles the NEON path with Debian's aarch64 toolchain (GoogleTest
+# built for aarch64 from /usr/src/googletest) and runs it under qemu-user.
+# Budget: 15 minutes on 2 cores (about 4 minutes measured: gtest 1 min, the
+# NEON test binary 2 min, its run under qemu 1 min).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash scripts/deps.sh g++-aarch64-linux-gnu qemu-user
+root=${ISM_SIMD_BUILD:-build-simd}
+mkdir -p "$root"
+root=$(cd "$root" && pwd)
+jobs=$(nproc)
+
+cat > "$root/aarch64.cmake" <<'TOOLCHAIN'
+set(CMAKE_SYSTEM_NAME Linux)
+set(CMAKE_SYSTEM_PROCESSOR aarch64)
+set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
+set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
+set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64;-L;/usr/aarch64-linux-gnu)
+# Target libraries from the sysroot and our own prefix; arch-independent
+# packages (Eigen's CMake config) from the host.
+set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)
+set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
+set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)
+set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)
+set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
+TOOLCHAIN
+
+# GoogleTest for aarch64, built once from the Debian source package.
+if [ ! -f "$root/gtest/lib/cmake/GTest/GTestConfig.cmake" ]; then
+  cmake -S /usr/src/googletest -B "$root/gtest-build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_TOOLCHAIN_FILE="$root/aarch64.cmake" -DBUILD_GMOCK=OFF -DINSTALL_GTEST=ON \
+    -DCMAKE_INSTALL_PREFIX="$root/gtest" > /dev/null
+  cmake --build "$root/gtest-build" -j "$jobs"
+  cmake --install "$root/gtest-build" > /dev/null
+fi
+
+cmake -S . -B "$root/neon" -G Ninja -DCMAKE_BUILD_TYPE=Release -DISM_WERROR=ON \
+  -DCMAKE_TOOLCHAIN_FILE="$root/aarch64.cmake" -DGTest_DIR="$root/gtest/lib/cmake/GTest" \
+  -DEigen3_DIR=/usr/share/eigen3/cmake -DISM_BUILD_BENCHMARKS=OFF -DISM_BUILD_EXAMPLES=OFF > /dev/null
+cmake --build "$root/neon" -j "$jobs" --target cpu_kernel_neon
+ctest --test-dir "$root/neon" --output-on-failure -R '^cpu_kernel_neon$'
