@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CUDA: wherever nvcc exists (on PATH or in /usr/local/cuda/bin), build the
 # CUDA tests and benchmark for sm_80 and sm_90 with warnings as errors, run the
-# tests (the GPU ones skip, saying why, on a machine without a GPU), compile
+# tests (the GPU ones skip, saying why, on a machine without a GPU; the kernel's
+# source still runs, on the CPU emulator of tests/cuda/emulator.hpp), compile
 # every CUDA header alone under nvcc, and check that ism/cuda.hpp refuses a
 # non-CUDA compiler with its message.
 # Budget: 10 minutes on 2 cores (4m49s measured on a shared 2-core box, mostly nvcc on
@@ -17,7 +18,8 @@ fi
 b=build-ci-cuda
 cmake -S . -B $b -G Ninja -DCMAKE_BUILD_TYPE=Release -DISM_WERROR=ON -DISM_ENABLE_CUDA=ON \
   -DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES="80;90" -DISM_BUILD_EXAMPLES=OFF
-cmake --build $b -j2 --target cuda_attention_test cuda_block_plan_test cuda_attention_bench
+cmake --build $b -j2 --target cuda_attention_test cuda_emulated_kernel_test cuda_block_plan_test cuda_fragment_test \
+  cuda_attention_bench
 ctest --test-dir $b -R '^cuda_' --output-on-failure
 
 tmp=$(mktemp -d)

@@ -3,6 +3,7 @@
 // nvcc): host tensors in, host results out, every device step checked.
 #include <string>
 
+#include "cuda/mask_arg.hpp"
 #include "ism/attention/options.hpp"
 #include "ism/core/views.hpp"
 #include "ism/mask/segment_mask.hpp"
@@ -12,13 +13,6 @@ namespace ism_cuda_test {
 
 // Empty when a CUDA device is usable; otherwise the reason, for GTEST_SKIP.
 std::string gpu_unavailable_reason();
-
-enum class MaskKind { Full, Causal, Prefix, Segments };
-struct MaskArg {
-  MaskKind kind = MaskKind::Causal;
-  ism::index_t prefix = 0;                     // MaskKind::Prefix
-  const ism::SegmentMask* segments = nullptr;  // MaskKind::Segments (uploaded as a DeviceMask)
-};
 
 // Copies each host view's whole buffer span to the device (same strides),
 // runs ism::cuda::attention on a fresh stream, and copies out's span and the

@@ -50,12 +50,6 @@ inline void check_mask_pointers(const char* where, const RowBoundsMask& m) {
   check_device_pointer(where, "mask.hi (upload a SegmentMask with ism::cuda::DeviceMask)", m.hi);
 }
 
-template <class T>
-bool vec_ok(const HeadsView<T>& v) {
-  return reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0 && v.token_stride % 8 == 0 &&
-         v.head_stride % 8 == 0 && v.dim % 8 == 0;
-}
-
 // Frees the decode workspace on every path out of launch().
 struct StreamBuffer {
   void* p = nullptr;
@@ -75,10 +69,7 @@ inline int sm_count() {
 template <class Traits, class T, class Mask>
 void launch(FwdParams<T> p, const Mask& mask, index_t q_heads, cudaStream_t stream, const LaunchOptions& lo) {
   const index_t q_blocks = (p.n_q + Traits::kBlockM - 1) / Traits::kBlockM;
-  const index_t key_blocks = (p.n_k + Traits::kBlockN - 1) / Traits::kBlockN;
-  int splits = lo.kv_splits;
-  if (splits == 0) splits = choose_kv_splits(q_blocks * q_heads, key_blocks, sm_count());
-  if (splits > key_blocks) splits = key_blocks < 1 ? 1 : int(key_blocks);
+  const int splits = plan_splits<Traits>(p, q_heads, lo.kv_splits, lo.kv_splits == 0 ? sm_count() : 0);
   p.splits = splits;
 
   StreamBuffer workspace{nullptr, stream};
@@ -109,7 +100,6 @@ void run(const char* where, HeadsView<const T> q, HeadsView<const T> k, HeadsVie
   static_assert(device_element<T>::supported,
                 "ism::cuda::attention runs on tensor cores: T must be __half, __nv_bfloat16, Eigen::half or "
                 "Eigen::bfloat16");
-  using E = device_element_t<T>;
   const AttentionShape s = check_attention(where, q, k, v, out, mask, opt);
   if (s.dim > kMaxGenericDim)
     ism::detail::fail(where, "q.dim = ", s.dim, " exceeds the largest head dim the CUDA kernel supports (",
@@ -125,28 +115,8 @@ void run(const char* where, HeadsView<const T> q, HeadsView<const T> k, HeadsVie
   check_device_pointer(where, "options.lse", opt.lse);
   check_mask_pointers(where, mask);
 
-  FwdParams<E> p{};
-  p.q = reinterpret_cast<const E*>(q.data);
-  p.k = reinterpret_cast<const E*>(k.data);
-  p.v = reinterpret_cast<const E*>(v.data);
-  p.out = reinterpret_cast<E*>(out.data);
-  p.q_token_stride = q.token_stride, p.q_head_stride = q.head_stride;
-  p.k_token_stride = k.token_stride, p.k_head_stride = k.head_stride;
-  p.v_token_stride = v.token_stride, p.v_head_stride = v.head_stride;
-  p.out_token_stride = out.token_stride, p.out_head_stride = out.head_stride;
-  p.n_q = s.n_q, p.n_k = s.n_k, p.q_offset = s.q_offset, p.group = s.group;
-  p.dim = int(s.dim);
-  p.dim_pad = int((s.dim + 15) / 16 * 16);
-  p.scale = s.scale;
-  p.scale_log2 = s.scale * 1.4426950408889634f;
-  p.lse = opt.lse;
-  p.vec_q = vec_ok(q);
-  p.vec_kv = vec_ok(k) && vec_ok(v);
-  p.vec_out = vec_ok(out);
-  p.splits = 1;
-  if (s.dim == 64) launch<Traits64>(p, mask, s.q_heads, stream, lo);
-  else if (s.dim == 128) launch<Traits128>(p, mask, s.q_heads, stream, lo);
-  else launch<TraitsGeneric>(p, mask, s.q_heads, stream, lo);
+  const auto p = make_params(q, k, v, out, s, opt.lse);
+  dispatch_dim(s.dim, [&](auto traits) { launch<decltype(traits)>(p, mask, s.q_heads, stream, lo); });
 }
 
 }  // namespace detail

@@ -1,7 +1,9 @@
 #pragma once
 // Every CUDA runtime call goes through ISM_CUDA_CHECK, which turns a failed
 // status into ism::cuda::cuda_error naming the call, the file and the line.
-#if !defined(__CUDACC__)
+// ISM_CUDA_HOST_EMULATION: the test suite's CPU emulator (tests/cuda/emulator.hpp)
+// compiles the kernel with a host compiler; nothing else should define it.
+#if !defined(__CUDACC__) && !defined(ISM_CUDA_HOST_EMULATION)
 #error "ism/cuda/*.cuh needs nvcc: compile this translation unit as CUDA (a .cu file, or LANGUAGE CUDA in CMake). Non-CUDA code includes ism/ism.hpp only."
 #endif
 

@@ -1,8 +1,13 @@
 #pragma once
 // Tile shapes of the forward kernel, one set per compiled head dimension, and
 // the parameters every launch passes by value.
+#include <cstdint>
+
+#include "ism/attention/validate.hpp"
 #include "ism/core/config.hpp"
+#include "ism/cuda/block_plan.hpp"
 #include "ism/cuda/check.cuh"
+#include "ism/cuda/element.cuh"
 
 namespace ism::cuda {
 
@@ -58,4 +63,61 @@ struct FwdParams {
   float* part_lse;
 };
 
+
+namespace detail {
+
+template <class T>
+bool vec_ok(const HeadsView<T>& v) {
+  return reinterpret_cast<std::uintptr_t>(v.data) % 16 == 0 && v.token_stride % 8 == 0 &&
+         v.head_stride % 8 == 0 && v.dim % 8 == 0;
+}
+
+// The kernel's parameters for a checked call; the buffers are reinterpreted
+// as CUDA's own 16-bit types (element.cuh).
+template <class T>
+FwdParams<device_element_t<T>> make_params(HeadsView<const T> q, HeadsView<const T> k, HeadsView<const T> v,
+                                           HeadsView<T> out, const AttentionShape& s, float* lse) {
+  using E = device_element_t<T>;
+  FwdParams<E> p{};
+  p.q = reinterpret_cast<const E*>(q.data);
+  p.k = reinterpret_cast<const E*>(k.data);
+  p.v = reinterpret_cast<const E*>(v.data);
+  p.out = reinterpret_cast<E*>(out.data);
+  p.q_token_stride = q.token_stride, p.q_head_stride = q.head_stride;
+  p.k_token_stride = k.token_stride, p.k_head_stride = k.head_stride;
+  p.v_token_stride = v.token_stride, p.v_head_stride = v.head_stride;
+  p.out_token_stride = out.token_stride, p.out_head_stride = out.head_stride;
+  p.n_q = s.n_q, p.n_k = s.n_k, p.q_offset = s.q_offset, p.group = s.group;
+  p.dim = int(s.dim);
+  p.dim_pad = int((s.dim + 15) / 16 * 16);
+  p.scale = s.scale;
+  p.scale_log2 = s.scale * 1.4426950408889634f;
+  p.lse = lse;
+  p.vec_q = vec_ok(q);
+  p.vec_kv = vec_ok(k) && vec_ok(v);
+  p.vec_out = vec_ok(out);
+  p.splits = 1;
+  return p;
+}
+
+// Thread blocks per query block along the keys: `requested` (LaunchOptions::
+// kv_splits) or, for 0, choose_kv_splits; never more than there are key blocks.
+template <class Traits, class E>
+int plan_splits(const FwdParams<E>& p, index_t q_heads, int requested, int sm_count) {
+  const index_t q_blocks = (p.n_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  const index_t key_blocks = (p.n_k + Traits::kBlockN - 1) / Traits::kBlockN;
+  int splits = requested != 0 ? requested : choose_kv_splits(q_blocks * q_heads, key_blocks, sm_count);
+  if (splits > key_blocks) splits = key_blocks < 1 ? 1 : int(key_blocks);
+  return splits;
+}
+
+// Runtime dim -> compile-time tile shapes, once, at the entry point.
+template <class F>
+void dispatch_dim(index_t dim, F&& f) {
+  if (dim == 64) f(Traits64{});
+  else if (dim == 128) f(Traits128{});
+  else f(TraitsGeneric{});
+}
+
+}  // namespace detail
 }  // namespace ism::cuda

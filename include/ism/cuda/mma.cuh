@@ -17,6 +17,7 @@
 
 #include "ism/cuda/check.cuh"
 
+#if !defined(ISM_CUDA_HOST_EMULATION)  // the emulator supplies its own versions
 namespace ism::cuda::detail {
 
 __device__ inline unsigned smem_address(const void* p) {
@@ -67,3 +68,4 @@ __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\
 __device__ inline void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
 }  // namespace ism::cuda::detail
+#endif

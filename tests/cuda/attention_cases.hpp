@@ -1,0 +1,305 @@
+#pragma once
+// The GPU tests' cases, shared by the real GPU run (attention_test.cpp) and the
+// CPU emulation of the kernel (emulated_kernel_test.cpp): one case is random
+// data in strided host tensors, a run of the kernel through `run`, and a
+// comparison with the fp64 reference.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/testing.hpp"
+#include "cuda/mask_arg.hpp"
+
+namespace ism_cuda_test {
+
+using ism::index_t;
+using ism_test::Rng;
+using ism_test::Tensor;
+
+
+// Unit roundoff of the storage type. Bounds, as for the CPU fp16/bf16 paths:
+// q, k, v are exact in T; scores, softmax and sums are fp32 (error ~1e-6);
+// the kernel rounds the probabilities P to T before P.V (relative error u
+// each, so at most u * max|v| on the output) and rounds the output to T
+// (u * |out|). With |v| <= 1 the error is below 2u; the bound is 4u, which
+// leaves room for fp32 accumulation over long rows and is still far below
+// what a wrong mask (a missing or extra key moves a row by ~1/n_visible) or
+// a wrong fragment layout (errors of order 1) produces.
+template <class T>
+double unit_roundoff() {
+  return std::is_same_v<T, Eigen::bfloat16> ? std::ldexp(1.0, -8) : std::ldexp(1.0, -11);
+}
+
+struct Case {
+  index_t n_q = 1, n_k = 1, q_heads = 1, kv_heads = 1, dim = 64;
+  index_t q_offset = -1;  // -1: the default (the cache's tail)
+  bool q_token_major = true, kv_token_major = true, out_token_major = true;
+  index_t pad = 0;  // extra elements per row/head: irregular strides
+  float scale = 0.f;
+  int kv_splits = 0;
+  bool want_lse = true;
+  std::string describe() const {
+    std::ostringstream os;
+    os << "n_q " << n_q << " n_k " << n_k << " heads " << q_heads << "/" << kv_heads << " dim " << dim
+       << " q_offset " << q_offset << " layouts " << q_token_major << kv_token_major << out_token_major << " pad "
+       << pad << " scale " << scale << " kv_splits " << kv_splits;
+    return os.str();
+  }
+};
+
+const char* mask_name(MaskKind k) {
+  switch (k) {
+    case MaskKind::Full: return "full";
+    case MaskKind::Causal: return "causal";
+    case MaskKind::Prefix: return "prefix";
+    case MaskKind::Segments: return "segments";
+  }
+  return "?";
+}
+
+// Runs one case on the GPU and against reference_attention_into<T, double,
+// double>; `poison` (optional) overwrites keys/values before the run and
+// must only touch keys no query row sees.
+template <class T, class Run, class HostMask>
+void check_case(Run&& run, Rng& rng, const Case& c, const MaskArg& arg, const HostMask& host_mask,
+                const std::vector<index_t>& poison_keys = {}) {
+  SCOPED_TRACE(::testing::Message() << ism::type_name<T>() << " " << mask_name(arg.kind) << " " << c.describe());
+  Tensor<T> q(c.n_q, c.q_heads, c.dim, c.q_token_major, c.pad);
+  Tensor<T> k(c.n_k, c.kv_heads, c.dim, c.kv_token_major, c.pad);
+  Tensor<T> v(c.n_k, c.kv_heads, c.dim, c.kv_token_major, c.pad);
+  Tensor<T> out(c.n_q, c.q_heads, c.dim, c.out_token_major, c.pad);
+  q.fill_random(rng, -1.5, 1.5);
+  k.fill_random(rng, -1.5, 1.5);
+  v.fill_random(rng, -1, 1);
+  // A sentinel in every element of out's buffer: the view's elements must be
+  // overwritten, the padding between them must survive.
+  const T sentinel = T(7.0f);
+  std::fill(out.buf.begin(), out.buf.end(), sentinel);
+
+  ism::AttentionOptions opt;
+  opt.q_offset = c.q_offset;
+  opt.scale = c.scale;
+  Tensor<double> want(c.n_q, c.q_heads, c.dim);
+  std::vector<double> want_lse(size_t(c.q_heads * c.n_q));
+  ism::reference_attention_into<T, double, double>(q.cview(), k.cview(), v.cview(), want.view, host_mask, opt,
+                                                   want_lse.data());
+  const T nan = T(std::numeric_limits<float>::quiet_NaN());
+  for (index_t j : poison_keys)
+    for (index_t h = 0; h < c.kv_heads; ++h)
+      for (index_t d = 0; d < c.dim; ++d) k.view(j, h, d) = v.view(j, h, d) = nan;
+
+  std::vector<float> got_lse(size_t(c.q_heads * c.n_q), 123.f);
+  opt.lse = c.want_lse ? got_lse.data() : nullptr;
+  run(q.cview(), k.cview(), v.cview(), out.view, arg, opt, c.kv_splits);
+
+  const double u = unit_roundoff<T>();
+  int reported = 0;
+  std::vector<bool> in_view(out.buf.size(), false);
+  for (index_t t = 0; t < c.n_q; ++t)
+    for (index_t h = 0; h < c.q_heads; ++h)
+      for (index_t d = 0; d < c.dim; ++d) {
+        in_view[size_t(&out.view(t, h, d) - out.buf.data())] = true;
+        const double g = double(float(out.view(t, h, d))), w = want.view(t, h, d);
+        const double tol = 4 * u * (1 + std::abs(w));
+        if (!(std::abs(g - w) <= tol) && reported++ < 5)
+          ADD_FAILURE() << "out(" << t << ", " << h << ", " << d << ") = " << g << ", reference " << w
+                        << " (tolerance " << tol << ")";
+      }
+  for (size_t i = 0; i < out.buf.size(); ++i)
+    if (!in_view[i] && !(float(out.buf[i]) == float(sentinel)) && reported++ < 10)
+      ADD_FAILURE() << "element " << i << " of out's buffer lies outside the view but was written";
+  if (!c.want_lse) return;
+  for (index_t h = 0; h < c.q_heads; ++h)
+    for (index_t t = 0; t < c.n_q; ++t) {
+      const double g = got_lse[size_t(h * c.n_q + t)], w = want_lse[size_t(h * c.n_q + t)];
+      if (std::isinf(w)) {
+        if (!(std::isinf(g) && g < 0) && reported++ < 10)
+          ADD_FAILURE() << "lse(" << h << ", " << t << ") = " << g << " for a row that sees no key (want -inf)";
+        continue;
+      }
+      if (!(std::abs(g - w) <= 2e-4 * (1 + std::abs(w))) && reported++ < 10)
+        ADD_FAILURE() << "lse(" << h << ", " << t << ") = " << g << ", reference " << w;
+    }
+}
+
+// One random problem for a mask kind: a layout long enough for the window,
+// random heads/GQA ratio, offsets and view layouts.
+template <class T, class Run>
+void random_case(Run&& run, Rng& rng, MaskKind kind, index_t dim, index_t max_n, index_t max_kv_heads = 2) {
+  Case c;
+  c.dim = dim;
+  c.kv_heads = rng.uniform(1, max_kv_heads);
+  c.q_heads = c.kv_heads << rng.uniform(0, 2);  // GQA ratio 1, 2, 4
+  c.q_token_major = rng.coin();
+  c.kv_token_major = rng.coin();
+  c.out_token_major = rng.coin();
+  c.pad = rng.coin(0.3) ? rng.uniform(1, 9) : (rng.coin() ? 8 : 0);
+  c.kv_splits = rng.coin(0.2) ? int(rng.uniform(1, 5)) : 0;
+  if (rng.coin(0.1)) c.scale = float(rng.real(-0.3, 0.3));
+
+  ism_test::RandomLayout layout;
+  ism::SegmentMask segments;
+  index_t length = rng.uniform(1, max_n);
+  if (kind == MaskKind::Segments) {
+    layout = ism_test::random_layout(rng, 3, 8, std::max<index_t>(1, max_n / 8));
+    segments = layout.mask();
+    length = segments.length();
+  }
+  c.n_k = rng.uniform(1, length);
+  const bool prefill = rng.coin();
+  c.n_q = prefill ? c.n_k : rng.uniform(1, std::min<index_t>(c.n_k, 80));
+  if (rng.coin(0.3)) {
+    c.q_offset = rng.uniform(0, length - c.n_q);  // a chunk anywhere in the layout
+  }
+  MaskArg arg;
+  arg.kind = kind;
+  SCOPED_TRACE(layout.describe());
+  switch (kind) {
+    case MaskKind::Full: return check_case<T>(run, rng, c, arg, ism::full_mask());
+    case MaskKind::Causal: return check_case<T>(run, rng, c, arg, ism::causal_mask());
+    case MaskKind::Prefix:
+      arg.prefix = rng.uniform(0, length);
+      return check_case<T>(run, rng, c, arg, ism::prefix_mask(arg.prefix));
+    case MaskKind::Segments:
+      arg.segments = &segments;
+      return check_case<T>(run, rng, c, arg, segments);
+  }
+}
+
+
+// --- the cases, run by both backends ----------------------------------------
+// `run(q, k, v, out, mask_arg, options, kv_splits)` runs the kernel on host
+// tensors; Budget keeps the CPU emulation's share small.
+struct Budget {
+  int reps = 3;                                       // random problems per (mask, dim)
+  index_t max_n = 330;                                // longest layout (200 for dims >= 128)
+  std::vector<index_t> dims{64, 128, 8, 40, 72, 100, 3, 256};
+  index_t max_kv_heads = 2;
+  index_t decode_min_nk = 700, decode_max_nk = 3000;  // cache length of the decode cases
+};
+
+template <class T, class Run>
+void every_mask_dim_and_gqa_ratio(Run&& run, Rng& rng, const Budget& b) {
+  // Dims: the two tuned kernels and odd ones on the generic path (not
+  // multiples of 16, of 8, or even of 2; and the 256 maximum).
+  for (MaskKind kind : {MaskKind::Full, MaskKind::Causal, MaskKind::Prefix, MaskKind::Segments})
+    for (index_t dim : b.dims)
+      for (int rep = 0; rep < b.reps; ++rep) {
+        random_case<T>(run, rng, kind, dim, dim >= 128 ? std::min<index_t>(b.max_n, 200) : b.max_n, b.max_kv_heads);
+        if (::testing::Test::HasFailure()) return;
+      }
+}
+
+// ISM proper: alternating query/answer turns from boundaries, prefill of the
+// whole dialogue and a chunk of the last round against the cache.
+template <class T, class Run>
+void ism_dialogue(Run&& run, Rng& rng, const Budget& b) {
+  for (int rep = 0; rep < 2 * b.reps; ++rep) {
+    std::vector<index_t> bounds{0};
+    const index_t rounds = rng.uniform(1, 6);
+    const index_t turn = std::max<index_t>(2, b.max_n / 4);
+    for (index_t r = 0; r < 2 * rounds; ++r) bounds.push_back(bounds.back() + rng.uniform(1, turn));
+    const ism::SegmentMask mask = ism::ism_mask(bounds);
+    Case c;
+    c.dim = rep % 2 ? 128 : 64;
+    c.kv_heads = b.max_kv_heads;
+    c.q_heads = 2 * c.kv_heads;
+    c.n_k = mask.length();
+    // The whole dialogue, or its last round against the cache.
+    c.n_q = rep < b.reps ? c.n_k : bounds[bounds.size() - 1] - bounds[bounds.size() - 3];
+    check_case<T>(run, rng, c, MaskArg{MaskKind::Segments, 0, &mask}, mask);
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
+// Decode: a few new tokens against a long cache, keys split across thread
+// blocks and merged by LSE (forced split counts and the automatic choice).
+template <class T, class Run>
+void decode_splits(Run&& run, Rng& rng, const Budget& b) {
+  for (int splits : {0, 1, 2, 3, 7, 16}) {
+    Case c;
+    c.dim = splits % 2 ? 128 : (splits == 16 ? 96 : 64);
+    c.kv_heads = rng.uniform(1, b.max_kv_heads);
+    c.q_heads = c.kv_heads * 4;
+    c.n_k = rng.uniform(b.decode_min_nk, b.decode_max_nk);
+    c.n_q = rng.uniform(1, 5);
+    c.kv_splits = splits;
+    c.kv_token_major = rng.coin();
+    check_case<T>(run, rng, c, MaskArg{MaskKind::Causal}, ism::causal_mask());
+    // The last answer of an ISM dialogue, the query turn still visible whole.
+    std::vector<index_t> bounds{0};
+    while (bounds.back() < c.n_k - 120)
+      bounds.push_back(std::min(c.n_k - 60, bounds.back() + rng.uniform(20, 300)));
+    bounds.push_back(c.n_k);
+    const ism::SegmentMask mask = ism::ism_mask(bounds);
+    check_case<T>(run, rng, c, MaskArg{MaskKind::Segments, 0, &mask}, mask);
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
+// Rows that see nothing (padding, or a window of keys that are not cached
+// yet) give 0 and LSE -inf, never NaN, in both the direct and the split path.
+template <class T, class Run>
+void rows_that_see_nothing(Run&& run, Rng& rng) {
+  const ism::SegmentMask padded =
+      ism::packed_mask({{{70, ism::Attend::Bidirectional}, {50, ism::Attend::Causal}}}, 90);
+  const ism::SegmentMask two =
+      ism::packed_mask({{{40, ism::Attend::Causal}}, {{100, ism::Attend::Bidirectional}}});
+  for (int splits : {1, 3}) {
+    Case c;
+    c.n_q = 150;
+    c.n_k = padded.length();
+    c.q_offset = 60;  // rows 120.. are padding
+    c.kv_splits = splits;
+    check_case<T>(run, rng, c, MaskArg{MaskKind::Segments, 0, &padded}, padded);
+    Case none = c;  // the second document's keys are not cached
+    none.n_k = 40;
+    none.n_q = 100;
+    none.q_offset = 40;
+    check_case<T>(run, rng, none, MaskArg{MaskKind::Segments, 0, &two}, two);
+  }
+}
+
+// Key blocks that no row sees are never read: their keys and values are NaN,
+// and any visit would turn the output into NaN (0 * NaN in P.V).
+template <class T, class Run>
+void empty_key_blocks_are_never_read(Run&& run, Rng& rng, const std::vector<index_t>& dims) {
+  // Three documents of 256 tokens; queries are the last one. The first two
+  // documents' keys are whole 64-key (and 32-key) blocks nobody sees.
+  const ism::SegmentMask mask = ism::packed_mask({{{100, ism::Attend::Bidirectional}, {156, ism::Attend::Causal}},
+                                                  {{256, ism::Attend::Causal}},
+                                                  {{64, ism::Attend::Bidirectional}, {192, ism::Attend::Causal}}});
+  std::vector<index_t> hidden;
+  for (index_t j = 0; j < 512; ++j) hidden.push_back(j);
+  for (index_t dim : dims) {
+    Case c;
+    c.dim = dim;
+    c.n_k = 768;
+    c.n_q = 256;
+    check_case<T>(run, rng, c, MaskArg{MaskKind::Segments, 0, &mask}, mask, hidden);
+    c.kv_splits = 3;
+    check_case<T>(run, rng, c, MaskArg{MaskKind::Segments, 0, &mask}, mask, hidden);
+  }
+}
+
+// Misaligned and oddly strided views take the element-wise load path.
+template <class T, class Run>
+void odd_strides(Run&& run, Rng& rng, index_t max_n) {
+  for (index_t pad : {1, 3, 5}) {
+    Case c;
+    c.dim = pad == 3 ? 128 : 64;
+    c.pad = pad;
+    c.n_k = rng.uniform(std::min<index_t>(100, max_n), max_n);
+    c.n_q = c.n_k;
+    c.q_token_major = false;
+    c.q_heads = 2;
+    check_case<T>(run, rng, c, MaskArg{MaskKind::Causal}, ism::causal_mask());
+  }
+}
+
+}  // namespace ism_cuda_test

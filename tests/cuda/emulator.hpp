@@ -1,0 +1,207 @@
+#pragma once
+// A CPU emulation of the handful of CUDA features the forward kernel uses, so
+// that the kernel's own source (kernel_fwd.cuh, decode.cuh) runs, slowly, on
+// any machine: CI has nvcc but no GPU, and this is where the kernel's index
+// arithmetic, masking, online softmax, split/merge and epilogue actually run.
+//
+// One std::thread per CUDA thread; the blocks of a grid run one after another,
+// so one static array is every block's shared memory. Warp instructions
+// (ldmatrix, mma.sync, shfl) are collectives: each lane posts its operand,
+// the warp meets at a barrier, each lane computes its own result from the
+// PTX ISA's fragment tables, and the warp meets again before the slots are
+// reused. cp.async copies at once (so it cannot show a missing wait).
+// Include this before any ism/cuda header.
+#define ISM_CUDA_HOST_EMULATION 1
+#define __launch_bounds__(...)
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <array>
+#include <barrier>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+inline thread_local uint3 threadIdx, blockIdx;
+inline thread_local dim3 blockDim, gridDim;
+
+namespace ism_emu {
+
+struct Warp {
+  std::barrier<> meet{32};
+  std::array<const void*, 32> address{};
+  std::array<std::array<unsigned, 4>, 32> a{};
+  std::array<std::array<unsigned, 2>, 32> b{};
+  std::array<float, 32> value{};
+};
+
+struct Block {
+  std::barrier<> meet;
+  std::vector<std::unique_ptr<Warp>> warps;
+  explicit Block(int threads) : meet(threads) {
+    for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Warp>());
+  }
+};
+
+inline thread_local Block* block = nullptr;
+inline thread_local int lane = 0, warp = 0;
+inline Warp& this_warp() { return *block->warps[size_t(warp)]; }
+
+// Runs `kernel()` as every thread of every block of `grid`.
+template <class Kernel>
+void run_grid(dim3 grid, int threads, Kernel kernel) {
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        Block b(threads);
+        std::vector<std::thread> pool;
+        pool.reserve(size_t(threads));
+        for (int t = 0; t < threads; ++t)
+          pool.emplace_back([&, t] {
+            threadIdx = {unsigned(t), 0, 0};
+            blockIdx = {x, y, z};
+            blockDim = dim3(unsigned(threads));
+            gridDim = grid;
+            block = &b;
+            lane = t % 32;
+            warp = t / 32;
+            kernel();
+          });
+        for (auto& th : pool) th.join();
+      }
+}
+
+// One 16-bit element as float, in the kernel's element type.
+template <class T>
+float widen(std::uint16_t bits) {
+  if constexpr (std::is_same_v<T, __half>) {
+    __half_raw raw;
+    raw.x = bits;
+    return __half2float(__half(raw));
+  } else {
+    __nv_bfloat16_raw raw;
+    raw.x = bits;
+    return __bfloat162float(__nv_bfloat16(raw));
+  }
+}
+
+inline unsigned pack_bits(std::uint16_t lo, std::uint16_t hi) { return unsigned(lo) | (unsigned(hi) << 16); }
+
+}  // namespace ism_emu
+
+inline void __syncthreads() { ism_emu::block->meet.arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { ism_emu::this_warp().meet.arrive_and_wait(); }
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+  auto& w = ism_emu::this_warp();
+  w.value[size_t(ism_emu::lane)] = v;
+  w.meet.arrive_and_wait();
+  const float r = w.value[size_t(ism_emu::lane ^ lane_mask)];
+  w.meet.arrive_and_wait();
+  return r;
+}
+
+namespace ism::cuda::detail {
+
+// ldmatrix.x4: lane L posts the start of row L % 8 of matrix L / 8 and gets,
+// from matrix i, (L/4, 2(L%4)) and (L/4, 2(L%4)+1); transposed: (2(L%4), L/4)
+// and (2(L%4)+1, L/4).
+inline void emulate_ldmatrix(unsigned (&r)[4], const void* row_address, bool trans) {
+  auto& w = ism_emu::this_warp();
+  const int L = ism_emu::lane;
+  w.address[size_t(L)] = row_address;
+  w.meet.arrive_and_wait();
+  auto element = [&](int i, int row, int col) {
+    return static_cast<const std::uint16_t*>(w.address[size_t(8 * i + row)])[col];
+  };
+  for (int i = 0; i < 4; ++i) {
+    const int g = L / 4, c = 2 * (L % 4);
+    r[i] = trans ? ism_emu::pack_bits(element(i, c, g), element(i, c + 1, g))
+                 : ism_emu::pack_bits(element(i, g, c), element(i, g, c + 1));
+  }
+  w.meet.arrive_and_wait();
+}
+inline void ldmatrix_x4(unsigned (&r)[4], const void* p) { emulate_ldmatrix(r, p, false); }
+inline void ldmatrix_x4_trans(unsigned (&r)[4], const void* p) { emulate_ldmatrix(r, p, true); }
+
+// mma.m16n8k16.row.col.f32, g = L/4, t = L%4: a_i = (g + 8(i%2), 2t + 8(i/2)
+// and +1), b_i = (k = 2t + 8i and +1, n = g), c_i = (g + 8(i/2), 2t + i%2).
+template <class T>
+void mma_16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  auto& w = ism_emu::this_warp();
+  const int L = ism_emu::lane;
+  for (int i = 0; i < 4; ++i) w.a[size_t(L)][size_t(i)] = a[i];
+  w.b[size_t(L)] = {b0, b1};
+  w.meet.arrive_and_wait();
+  float A[16][16], B[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t = l % 4;
+    for (int i = 0; i < 4; ++i)
+      for (int h = 0; h < 2; ++h)
+        A[g + 8 * (i % 2)][2 * t + 8 * (i / 2) + h] =
+            ism_emu::widen<T>(std::uint16_t(w.a[size_t(l)][size_t(i)] >> (16 * h)));
+    for (int i = 0; i < 2; ++i)
+      for (int h = 0; h < 2; ++h)
+        B[2 * t + 8 * i + h][g] = ism_emu::widen<T>(std::uint16_t(w.b[size_t(l)][size_t(i)] >> (16 * h)));
+  }
+  w.meet.arrive_and_wait();
+  const int g = L / 4, t = L % 4;
+  for (int i = 0; i < 4; ++i) {
+    float sum = 0.f;
+    for (int k = 0; k < 16; ++k) sum += A[g + 8 * (i / 2)][k] * B[k][2 * t + i % 2];
+    c[i] += sum;
+  }
+}
+
+inline void cp_async_16(void* smem, const void* gmem, bool valid) {
+  if (valid) std::memcpy(smem, gmem, 16);
+  else std::memset(smem, 0, 16);
+}
+inline void cp_async_commit() {}
+inline void cp_async_wait_all() {}
+
+// Every block's dynamic shared memory (blocks run one at a time).
+alignas(16) inline unsigned char smem_raw[256 * 1024];
+
+}  // namespace ism::cuda::detail
+
+#include "ism/cuda/decode.cuh"
+#include "ism/cuda/kernel_fwd.cuh"
+#include "ism/cuda/kernel_traits.cuh"
+
+namespace ism_emu {
+
+// ism::cuda::attention's launch, on the emulator: the same parameters, split
+// choice (for a 132-SM GPU unless `kv_splits` says) and kernels.
+template <class T, class Mask>
+void attention(ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v,
+               ism::HeadsView<T> out, const Mask& mask, const ism::AttentionOptions& opt, int kv_splits) {
+  using namespace ism::cuda;
+  const ism::AttentionShape s = ism::check_attention("ism_emu::attention", q, k, v, out, mask, opt);
+  if (s.n_q == 0) return;
+  auto p = detail::make_params(q, k, v, out, s, opt.lse);
+  using E = ism::cuda::device_element_t<T>;
+  detail::dispatch_dim(s.dim, [&](auto traits) {
+    using Traits = decltype(traits);
+    static_assert(Traits::kSmemElems * sizeof(E) <= sizeof(detail::smem_raw));
+    p.splits = detail::plan_splits<Traits>(p, s.q_heads, kv_splits, 132);
+    const ism::index_t rows = ism::index_t(p.splits) * s.q_heads * s.n_q;
+    std::vector<float> part(p.splits > 1 ? size_t(rows * (p.dim_pad + 1)) : 0);
+    p.part_out = part.data();
+    p.part_lse = part.data() + rows * p.dim_pad;
+    const dim3 grid(unsigned((s.n_q + Traits::kBlockM - 1) / Traits::kBlockM), unsigned(s.q_heads),
+                    unsigned(p.splits));
+    run_grid(grid, Traits::kThreads, [&] { detail::attention_fwd_kernel<Traits, E, Mask>(p, mask); });
+    if (p.splits > 1)
+      run_grid(dim3(unsigned(s.n_q), unsigned(s.q_heads)), 128, [&] {
+        detail::merge_splits_kernel<E>(p.part_out, p.part_lse, p.out, p.out_token_stride, p.out_head_stride, p.lse,
+                                       p.n_q, p.dim, p.dim_pad, p.splits);
+      });
+  });
+}
+
+}  // namespace ism_emu
