@@ -114,6 +114,10 @@ TEST(Export, KnownSmallCase) {
   const auto mask = ism::ism_mask({0, 2, 4});
   const auto fm = ism::flashmask_startend_row_indices(mask, 4, 4);
   EXPECT_EQ(fm.startend, (std::vector<std::int32_t>{4, 0, 4, 0, 4, 2, 4, 3}));
+  // Two documents and padding: columns nobody sees cut at their diagonal row.
+  const auto packed = ism::packed_mask({{{2, ism::Attend::Causal}}, {{2, ism::Attend::Bidirectional}}}, 2);
+  const auto fp = ism::flashmask_startend_row_indices(packed, 6, 6);
+  EXPECT_EQ(fp.startend, (std::vector<std::int32_t>{2, 0, 2, 1, 4, 2, 4, 2, 4, 4, 5, 5}));
   const auto gg = ism::ggml_kq_mask(mask, 4, 4);
   EXPECT_EQ(gg.n_batch_pad, 64);
   const auto fx = ism::flex_block_mask(mask, 4, 4, 0, 2, 2);

@@ -57,7 +57,8 @@ std::vector<KeyRange> monotone_rows(const char* where, const Mask& mask, index_t
 // Because row intervals never shrink backwards, the rows that see column j
 // form one interval [UTE, LTS): rows whose interval ends after j, up to the
 // first row whose interval starts after j. A column nobody sees has
-// UTE == LTS. Pass causal=False to flashmask_attention with this tensor.
+// UTE == LTS (at its diagonal row). Pass causal=False to flashmask_attention
+// with this tensor.
 struct FlashMaskIndices {
   index_t n_q = 0, n_k = 0;
   std::vector<std::int32_t> startend;  // [n_k][2]: {LTS, UTE}, row-major
@@ -81,8 +82,14 @@ FlashMaskIndices flashmask_startend_row_indices(const Mask& mask, index_t n_q, i
   for (index_t j = 0; j < n_k; ++j) {
     while (first_seeing < n_q && rows[static_cast<size_t>(first_seeing)].end <= j) ++first_seeing;
     while (first_past < n_q && rows[static_cast<size_t>(first_past)].begin <= j) ++first_past;
-    const index_t ute = first_seeing < first_past ? first_seeing : first_past;
-    out.startend[static_cast<size_t>(2 * j)] = static_cast<std::int32_t>(first_past);
+    index_t lts = first_past, ute = first_seeing;
+    if (ute >= lts) {
+      // Nobody sees column j: cut at its diagonal row, so that the masked rows
+      // below are in the lower triangle and those above in the upper one, as
+      // the format's names say, whichever way a kernel reads them.
+      lts = ute = std::min(std::max<index_t>(j - q_offset, 0), n_q);
+    }
+    out.startend[static_cast<size_t>(2 * j)] = static_cast<std::int32_t>(lts);
     out.startend[static_cast<size_t>(2 * j + 1)] = static_cast<std::int32_t>(ute);
   }
   return out;
