@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "ism/core/config.hpp"
+#include "ism/core/errors.hpp"
 
 namespace ism {
 
@@ -30,16 +31,26 @@ struct HeadsView {
   }
 };
 
+namespace detail {
+// The stride a packed layout needs; a product that overflows would wrap into a
+// small stride that passes validation, so it is rejected here.
+inline index_t packed_stride(const char* where, const char* a_name, index_t a, index_t dim) {
+  index_t s = 0;
+  if (mul_overflows(a, dim, &s)) fail(where, a_name, " * dim overflows: ", a, " * ", dim);
+  return s;
+}
+}  // namespace detail
+
 // [tokens, heads, dim], densely packed (the layout most engines keep Q/K/V in).
 template <class T>
 HeadsView<T> token_major(T* data, index_t tokens, index_t heads, index_t dim) {
-  return {data, tokens, heads, dim, heads * dim, dim};
+  return {data, tokens, heads, dim, detail::packed_stride("ism::token_major", "heads", heads, dim), dim};
 }
 
 // [heads, tokens, dim], densely packed (the layout of per-head caches).
 template <class T>
 HeadsView<T> head_major(T* data, index_t tokens, index_t heads, index_t dim) {
-  return {data, tokens, heads, dim, dim, tokens * dim};
+  return {data, tokens, heads, dim, dim, detail::packed_stride("ism::head_major", "tokens", tokens, dim)};
 }
 
 template <class T>
