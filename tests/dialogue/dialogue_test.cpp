@@ -122,23 +122,32 @@ void expect_matches_whole(const Dialogue& d, const Conversation& c) {
   EXPECT_LE(max_abs_diff(c.out, ref, 0, n), 2e-5);
 }
 
-TEST(Dialogue, IsmIncrementalEqualsWholeAndReusesEverything) {
+// Random scripts under a mask that never changes an earlier row: every step
+// reuses the whole cache, cached rows stay bit-identical, and the incremental
+// result is the whole conversation's.
+void expect_full_reuse(DialogueMask kind, int scripts, index_t max_len) {
   ISM_SEEDED_TEST_BODY(seed);
   Rng rng(seed);
-  for (int iter = 0; iter < 40; ++iter) {
-    const auto script = random_script(rng, 24);
+  for (int iter = 0; iter < scripts; ++iter) {
+    const auto script = random_script(rng, max_len);
     SCOPED_TRACE(describe(script));
     Conversation c = random_conversation(rng, total_length(script));
-    Dialogue d(DialogueMask::Ism);
+    Dialogue d(kind);
     play(d, script, c, rng, rng.coin(), [&](const Event&, const ism::DialogueStep& step, index_t cached_before,
                                             const Tensor<float>& before, const Tensor<float>& after) {
-      // Nothing already cached is ever recomputed, and it stays bit-identical.
       EXPECT_EQ(step.reused, cached_before);
       EXPECT_EQ(max_abs_diff(before, after, 0, cached_before), 0.0);
     });
     expect_matches_whole(d, c);
+    if (kind == DialogueMask::Causal) {  // one segment that every split cuts safely
+      EXPECT_EQ(index_t(d.safe_splits().size()), d.length() + 1);
+    }
   }
 }
+
+TEST(Dialogue, IsmIncrementalEqualsWholeAndReusesEverything) { expect_full_reuse(DialogueMask::Ism, 40, 24); }
+
+TEST(Dialogue, CausalReusesEverythingAndMatchesWhole) { expect_full_reuse(DialogueMask::Causal, 20, 16); }
 
 TEST(Dialogue, MultiTurnPrefixLmChangesEarlierRowsAndClaimsNoReuse) {
   ISM_SEEDED_TEST_BODY(seed);
@@ -168,23 +177,6 @@ TEST(Dialogue, MultiTurnPrefixLmChangesEarlierRowsAndClaimsNoReuse) {
     expect_matches_whole(d, c);
   }
   EXPECT_GT(rounds_checked, 0);
-}
-
-TEST(Dialogue, CausalReusesEverythingAndMatchesWhole) {
-  ISM_SEEDED_TEST_BODY(seed);
-  Rng rng(seed);
-  for (int iter = 0; iter < 20; ++iter) {
-    const auto script = random_script(rng, 16);
-    SCOPED_TRACE(describe(script));
-    Conversation c = random_conversation(rng, total_length(script));
-    Dialogue d(DialogueMask::Causal);
-    play(d, script, c, rng, rng.coin(),
-         [&](const Event&, const ism::DialogueStep& step, index_t cached_before, const Tensor<float>&,
-             const Tensor<float>&) { EXPECT_EQ(step.reused, cached_before); });
-    expect_matches_whole(d, c);
-    // Causal is one segment that every split cuts safely.
-    EXPECT_EQ(index_t(d.safe_splits().size()), d.length() + 1);
-  }
 }
 
 TEST(Dialogue, MasksFollowTheScript) {

@@ -96,15 +96,20 @@ void check_paged_equals_contiguous(Rng& rng, const Mask& mask, index_t len) {
   EXPECT_LE(max_abs_diff(out_p, ref, 0, n_q), tol);
 }
 
-TEST(PagedKV, EqualsContiguousForEveryMaskGqaAndOffset) {
-  ISM_SEEDED_TEST_BODY(seed);
-  Rng rng(seed);
-  for (int iter = 0; iter < 60; ++iter) {
+template <class T>
+void check_random_layouts(Rng& rng, int layouts) {
+  for (int iter = 0; iter < layouts; ++iter) {
     const RandomLayout layout = random_layout(rng, 3, 6, 20);
     SCOPED_TRACE(layout.describe());
     const ism::SegmentMask mask = layout.mask();
-    check_paged_equals_contiguous<float>(rng, mask, mask.length());
+    check_paged_equals_contiguous<T>(rng, mask, mask.length());
   }
+}
+
+TEST(PagedKV, EqualsContiguousForEveryMaskGqaAndOffset) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  check_random_layouts<float>(rng, 60);
   // Causal, prefix-LM and full attention as layouts (one Causal segment;
   // Bidirectional prefix then Causal; one Bidirectional segment): the paged
   // source is independent of the mask policy type, so one instantiation per
@@ -122,12 +127,7 @@ TEST(PagedKV, EqualsContiguousForEveryMaskGqaAndOffset) {
 TEST(PagedKV, EqualsContiguousInBfloat16) {
   ISM_SEEDED_TEST_BODY(seed);
   Rng rng(seed);
-  for (int iter = 0; iter < 25; ++iter) {
-    const RandomLayout layout = random_layout(rng, 2, 6, 20);
-    SCOPED_TRACE(layout.describe());
-    const ism::SegmentMask mask = layout.mask();
-    check_paged_equals_contiguous<Eigen::bfloat16>(rng, mask, mask.length());
-  }
+  check_random_layouts<Eigen::bfloat16>(rng, 25);
 }
 
 TEST(PagedKVCache, InterleavedSequencesKeepTheirTokens) {
