@@ -121,6 +121,16 @@ struct Tensor {
     buf.assign(size_t(size), T(0.0f));
     view = {buf.data(), tokens, heads, dim, ts, hs};
   }
+  // Copies own their data: the copy's view points at the copy's buffer.
+  Tensor(const Tensor& o) : buf(o.buf), view(o.view) { view.data = buf.data(); }
+  Tensor& operator=(const Tensor& o) {
+    buf = o.buf;
+    view = o.view;
+    view.data = buf.data();
+    return *this;
+  }
+  Tensor(Tensor&&) noexcept = default;  // a moved vector keeps its storage
+  Tensor& operator=(Tensor&&) noexcept = default;
   ism::HeadsView<const T> cview() const { return ism::as_const(view); }
   void fill_random(Rng& rng, double lo = -1, double hi = 1) {
     for (index_t t = 0; t < view.tokens; ++t)
