@@ -8,6 +8,7 @@
 
 #include "fuzz/fuzz_input.hpp"
 #include "ism/ism.hpp"
+#include "ism/mask/export.hpp"
 
 namespace {
 
@@ -93,6 +94,92 @@ bool window_valid(const Window& w, index_t length) {
   return length == ism::unbounded || (q_end <= length && w.n_k <= length);
 }
 
+// The export formats of mask/export.hpp, each decoded back and compared with
+// the rule; block sizes and the row padding come from the bytes (hostile too).
+template <class Mask, class Brute>
+void check_exports(Input& in, const Mask& mask, const Window& w, bool valid, index_t block_q, index_t block_k,
+                   const Brute& brute) {
+  switch (in.byte() % 5) {
+    case 0: {
+      ism::FlashMaskIndices f;
+      const bool threw = throws_invalid([&] { f = ism::flashmask_startend_row_indices(mask, w.n_q, w.n_k, w.q_offset); });
+      ISM_FUZZ_CHECK(threw == !valid, w.n_q, w.n_k, w.q_offset);
+      if (threw) return;
+      for (index_t r = 0; r < w.n_q; ++r)
+        for (index_t j = 0; j < w.n_k; ++j) ISM_FUZZ_CHECK(!f.masked(r, j) == brute(w.q_offset + r, j), r, j);
+      return;
+    }
+    case 1: {
+      ism::FlexBlockMask f;
+      const bool ok = valid && block_q > 0 && block_k > 0;
+      const bool threw = throws_invalid([&] { f = ism::flex_block_mask(mask, w.n_q, w.n_k, w.q_offset, block_q, block_k); });
+      ISM_FUZZ_CHECK(threw == !ok, block_q, block_k);
+      if (threw) return;
+      const index_t nqb = w.n_q / block_q + (w.n_q % block_q != 0), nkb = w.n_k / block_k + (w.n_k % block_k != 0);
+      ISM_FUZZ_CHECK(f.num_q_blocks == nqb && f.num_kv_blocks == nkb, f.num_q_blocks, f.num_kv_blocks);
+      for (index_t qb = 0; qb < nqb; ++qb) {
+        std::vector<std::int32_t> partial, full;
+        for (index_t kb = 0; kb < nkb; ++kb) {
+          index_t seen = 0, all = 0;
+          for (index_t r = qb * block_q; r < std::min(w.n_q, (qb + 1) * block_q); ++r)
+            for (index_t j = kb * block_k; j < std::min(w.n_k, (kb + 1) * block_k); ++j, ++all)
+              seen += brute(w.q_offset + r, j);
+          if (seen == all) full.push_back(std::int32_t(kb));
+          else if (seen > 0) partial.push_back(std::int32_t(kb));
+        }
+        ISM_FUZZ_CHECK(f.kv_num_blocks[size_t(qb)] == std::int32_t(partial.size()), qb);
+        ISM_FUZZ_CHECK(f.full_kv_num_blocks[size_t(qb)] == std::int32_t(full.size()), qb);
+        for (size_t i = 0; i < partial.size(); ++i) ISM_FUZZ_CHECK(f.kv_indices[size_t(qb * nkb) + i] == partial[i], qb);
+        for (size_t i = 0; i < full.size(); ++i) ISM_FUZZ_CHECK(f.full_kv_indices[size_t(qb * nkb) + i] == full[i], qb);
+      }
+      return;
+    }
+    case 2: {
+      ism::QueryKvRanges f;
+      const bool threw = throws_invalid([&] { f = ism::query_kv_ranges(mask, w.n_q, w.n_k, w.q_offset); });
+      ISM_FUZZ_CHECK(threw == !valid, w.n_q, w.n_k, w.q_offset);
+      if (threw) return;
+      for (index_t r = 0; r < w.n_q; ++r) {
+        ISM_FUZZ_CHECK(f.kv_begin[size_t(r)] <= f.kv_end[size_t(r)] && f.kv_end[size_t(r)] <= w.n_k, r);
+        for (index_t j = 0; j < w.n_k; ++j)
+          ISM_FUZZ_CHECK((f.kv_begin[size_t(r)] <= j && j < f.kv_end[size_t(r)]) == brute(w.q_offset + r, j), r, j);
+      }
+      return;
+    }
+    case 3: {
+      std::vector<std::uint8_t> bits;
+      const bool threw = throws_invalid([&] { bits = ism::flashinfer_packed_mask(mask, w.n_q, w.n_k, w.q_offset); });
+      ISM_FUZZ_CHECK(threw == !valid, w.n_q, w.n_k, w.q_offset);
+      if (threw) return;
+      ISM_FUZZ_CHECK(index_t(bits.size()) == (w.n_q * w.n_k + 7) / 8);
+      for (index_t r = 0; r < w.n_q; ++r)
+        for (index_t j = 0; j < w.n_k; ++j) {
+          const index_t i = r * w.n_k + j;
+          ISM_FUZZ_CHECK(bool((bits[size_t(i / 8)] >> (i % 8)) & 1) == brute(w.q_offset + r, j), r, j);
+        }
+      return;
+    }
+    default: {
+      // The padded rows are allocated as asked: a valid but huge padding is
+      // a legitimate request for memory, not something to fuzz.
+      const index_t pad = block_q;
+      if (pad > 64) return;
+      ism::GgmlKqMask g;
+      const bool threw = throws_invalid([&] { g = ism::ggml_kq_mask(mask, w.n_q, w.n_k, w.q_offset, pad); });
+      ISM_FUZZ_CHECK(threw == !(valid && pad > 0), pad);
+      if (threw) return;
+      ISM_FUZZ_CHECK(g.n_batch_pad >= w.n_q && g.n_batch_pad % pad == 0 && g.n_batch_pad - w.n_q < pad, g.n_batch_pad);
+      for (index_t r = 0; r < g.n_batch_pad; ++r)
+        for (index_t j = 0; j < w.n_k; ++j) {
+          const float x = float(g.at(r, j));
+          const bool visible = r < w.n_q && brute(w.q_offset + r, j);
+          ISM_FUZZ_CHECK(visible ? x == 0.f : (std::isinf(x) && x < 0), r, j);
+        }
+      return;
+    }
+  }
+}
+
 template <class Mask, class Brute>
 void check_window(Input& in, const Mask& mask, index_t length, const Brute& brute) {
   const index_t pos_hi = length == ism::unbounded ? kMaxWindow : length;
@@ -102,7 +189,7 @@ void check_window(Input& in, const Mask& mask, index_t length, const Brute& brut
   // library's own allocations are tested in tests/reliability).
   if (valid && (w.n_q > kMaxWindow || w.n_k > kMaxWindow + 8)) return;
   const index_t tq = in.size(1, 9), tk = in.size(1, 9);
-  switch (in.byte() % 4) {
+  switch (in.byte() % 5) {
     case 0: {
       ism::DenseMask<bool> d;
       const bool threw = throws_invalid([&] { d = ism::dense_mask<bool>(mask, w.n_q, w.n_k, w.q_offset); });
@@ -136,6 +223,10 @@ void check_window(Input& in, const Mask& mask, index_t length, const Brute& brut
         ISM_FUZZ_CHECK(k.empty() || (k.begin >= 0 && k.end <= w.n_k), r, k.begin, k.end);
         for (index_t c = 0; c < w.n_k; ++c) ISM_FUZZ_CHECK(k.contains(c) == brute(w.q_offset + r, c), r, c);
       }
+      return;
+    }
+    case 3: {
+      check_exports(in, mask, w, valid, tq, tk, brute);
       return;
     }
     default: {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ism/kv/paged.hpp"
+#include "ism/mask/export.hpp"
 #include "reliability/reliability.hpp"
 
 namespace {
@@ -310,6 +311,21 @@ TEST(HostileSizes, DenseAndTileProductsOverflowingAreRejected) {
   EXPECT_EQ(map.stats().visible_pairs, 55);
   // Keys beyond the layout (BlockMap once accepted them).
   expect_invalid([&] { ism::BlockMap(ism::ism_mask({0, 4}), 2, 5, 0, 2, 2); }, {"n_k = 5"});
+}
+
+// The export formats size their outputs from the window and block sizes; each
+// of these once overflowed, or allocated before the window was checked.
+TEST(HostileSizes, ExportSizesAreChecked) {
+  const index_t max = std::numeric_limits<index_t>::max();
+  const auto causal = ism::causal_mask();
+  expect_invalid([&] { ism::query_kv_ranges(causal, -1, 4); }, {"n_q = -1"});
+  expect_invalid([&] { ism::flashmask_startend_row_indices(causal, 1, max / 2 + 1); }, {"n_k", "too large"});
+  expect_invalid([&] { ism::ggml_kq_mask(causal, 1, 4, 0, max); }, {"overflows"});
+  const ism::FlexBlockMask f = ism::flex_block_mask(causal, 10, 10, 0, max, max);
+  EXPECT_EQ(f.num_q_blocks, 1);
+  EXPECT_EQ(f.num_kv_blocks, 1);
+  EXPECT_EQ(f.kv_num_blocks[0], 1);  // 55 of 100 pairs visible: partial
+  EXPECT_EQ(f.full_kv_num_blocks[0], 0);
 }
 
 }  // namespace

@@ -75,7 +75,9 @@ FlashMaskIndices flashmask_startend_row_indices(const Mask& mask, index_t n_q, i
   FlashMaskIndices out;
   out.n_q = n_q;
   out.n_k = n_k;
-  out.startend.resize(static_cast<size_t>(2 * n_k));
+  index_t entries = 0;
+  if (detail::mul_overflows(n_k, index_t(2), &entries)) detail::fail(where, "n_k = ", n_k, " is too large");
+  out.startend.resize(static_cast<size_t>(entries));
   // Two pointers: as j grows, the first row whose interval ends after j and
   // the first row whose interval starts after j both move down only.
   index_t first_seeing = 0, first_past = 0;
@@ -122,13 +124,16 @@ FlexBlockMask flex_block_mask(const Mask& mask, index_t n_q, index_t n_k, index_
   FlexBlockMask out;
   out.q_block = q_block;
   out.kv_block = kv_block;
-  out.num_q_blocks = (n_q + q_block - 1) / q_block;
-  out.num_kv_blocks = (n_k + kv_block - 1) / kv_block;
+  out.num_q_blocks = detail::ceil_div(n_q, q_block);
+  out.num_kv_blocks = detail::ceil_div(n_k, kv_block);
   detail::to_i32(where, "num_kv_blocks", out.num_kv_blocks);
   const index_t nkb = out.num_kv_blocks;
+  index_t entries = 0;
+  if (detail::mul_overflows(out.num_q_blocks, nkb, &entries))
+    detail::fail(where, "num_q_blocks * num_kv_blocks overflows: ", out.num_q_blocks, " * ", nkb);
   out.kv_num_blocks.assign(static_cast<size_t>(out.num_q_blocks), 0);
   out.full_kv_num_blocks.assign(static_cast<size_t>(out.num_q_blocks), 0);
-  out.kv_indices.resize(static_cast<size_t>(out.num_q_blocks * nkb));
+  out.kv_indices.resize(static_cast<size_t>(entries));
   out.full_kv_indices.resize(out.kv_indices.size());
   // Visible pairs per key block of one query block: each row adds its partial
   // edge blocks directly and its fully covered middle blocks through a
@@ -184,10 +189,12 @@ template <class Mask>
 QueryKvRanges query_kv_ranges(const Mask& mask, index_t n_q, index_t n_k, index_t q_offset = 0) {
   const char* where = "ism::query_kv_ranges";
   detail::to_i32(where, "n_k", n_k);
+  // row_bounds checks the window before anything is sized by n_q.
+  const std::vector<KeyRange> rows = row_bounds(mask, n_q, n_k, q_offset);
   QueryKvRanges out;
-  out.kv_begin.reserve(static_cast<size_t>(n_q));
-  out.kv_end.reserve(static_cast<size_t>(n_q));
-  for (const KeyRange& k : row_bounds(mask, n_q, n_k, q_offset)) {
+  out.kv_begin.reserve(rows.size());
+  out.kv_end.reserve(rows.size());
+  for (const KeyRange& k : rows) {
     // row_bounds may report an empty row at a position past n_k; clamp it.
     const index_t b = k.empty() ? std::min(k.begin, n_k) : k.begin;
     out.kv_begin.push_back(static_cast<std::int32_t>(b));
@@ -244,9 +251,9 @@ GgmlKqMask ggml_kq_mask(const Mask& mask, index_t n_batch, index_t n_kv, index_t
   GgmlKqMask out;
   out.n_kv = n_kv;
   out.n_batch = n_batch;
-  out.n_batch_pad = (n_batch + row_pad - 1) / row_pad * row_pad;
   index_t elements = 0;
-  if (detail::mul_overflows(out.n_batch_pad, n_kv, &elements))
+  if (detail::mul_overflows(detail::ceil_div(n_batch, row_pad), row_pad, &out.n_batch_pad) ||
+      detail::mul_overflows(out.n_batch_pad, n_kv, &elements))
     detail::fail(where, "n_batch_pad * n_kv overflows: ", out.n_batch_pad, " * ", n_kv);
   const Eigen::half hidden(-std::numeric_limits<float>::infinity()), visible(0.0f);
   out.data.assign(static_cast<size_t>(elements), hidden);
