@@ -181,6 +181,7 @@ struct Budget {
   std::vector<index_t> dims{64, 128, 8, 40, 72, 100, 3, 256};
   index_t max_kv_heads = 2;
   index_t decode_min_nk = 700, decode_max_nk = 3000;  // cache length of the decode cases
+  std::vector<int> decode_splits{0, 1, 2, 3, 7, 16};     // LaunchOptions::kv_splits of the decode cases
 };
 
 template <class T, class Run>
@@ -221,7 +222,7 @@ void ism_dialogue(Run&& run, Rng& rng, const Budget& b) {
 // blocks and merged by LSE (forced split counts and the automatic choice).
 template <class T, class Run>
 void decode_splits(Run&& run, Rng& rng, const Budget& b) {
-  for (int splits : {0, 1, 2, 3, 7, 16}) {
+  for (int splits : b.decode_splits) {
     Case c;
     c.dim = splits % 2 ? 128 : (splits == 16 ? 96 : 64);
     c.kv_heads = rng.uniform(1, b.max_kv_heads);
@@ -300,6 +301,41 @@ void odd_strides(Run&& run, Rng& rng, index_t max_n) {
     c.q_heads = 2;
     check_case<T>(run, rng, c, MaskArg{MaskKind::Causal}, ism::causal_mask());
   }
+}
+
+// KV-cache reuse on the kernel: rows before a round boundary come out the
+// same whether the later rounds exist or not, bit for bit. A masked key adds
+// exactly nothing (its probability is exactly 0 and the running max, hence the
+// rescale factor 1, does not move), so this is equality, not a tolerance.
+template <class T, class Run>
+void ism_kv_reuse(Run&& run, Rng& rng, index_t dim) {
+  std::vector<index_t> bounds{0};
+  for (int r = 0; r < 6; ++r) bounds.push_back(bounds.back() + rng.uniform(1, 70));
+  const ism::SegmentMask mask = ism::ism_mask(bounds);
+  const index_t n = mask.length(), split = bounds[size_t(2 * rng.uniform(1, 2))];
+  ASSERT_TRUE(mask.is_safe_split(split));
+  SCOPED_TRACE(::testing::Message() << ism::type_name<T>() << " n " << n << " split " << split << " dim " << dim);
+  Tensor<T> q(n, 2, dim), k(n, 1, dim), v(n, 1, dim), all(n, 2, dim), early(split, 2, dim);
+  q.fill_random(rng, -1.5, 1.5);
+  k.fill_random(rng, -1.5, 1.5);
+  v.fill_random(rng, -1, 1);
+  auto first = [&](const Tensor<T>& t) {
+    auto view = t.cview();
+    view.tokens = split;
+    return view;
+  };
+  const MaskArg arg{MaskKind::Segments, 0, &mask};
+  ism::AttentionOptions opt;
+  opt.q_offset = 0;
+  run(q.cview(), k.cview(), v.cview(), all.view, arg, opt, 1);
+  run(first(q), first(k), first(v), early.view, arg, opt, 1);
+  int reported = 0;
+  for (index_t t = 0; t < split; ++t)
+    for (index_t h = 0; h < 2; ++h)
+      for (index_t d = 0; d < dim; ++d)
+        if (!(float(all.view(t, h, d)) == float(early.view(t, h, d))) && reported++ < 5)
+          ADD_FAILURE() << "row " << t << " head " << h << " col " << d << ": " << float(all.view(t, h, d))
+                        << " with the later rounds, " << float(early.view(t, h, d)) << " without";
 }
 
 }  // namespace ism_cuda_test

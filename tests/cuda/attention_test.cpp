@@ -59,6 +59,9 @@ ISM_GPU_CASE(RowsThatSeeNothingGiveZeroAndMinusInfinity,
 ISM_GPU_CASE(EmptyKeyBlocksAreNeverRead,
              ism_cuda_test::empty_key_blocks_are_never_read<TypeParam>(gpu<TypeParam>, rng, {64, 128, 40}))
 ISM_GPU_CASE(OddStridesMatchReference, ism_cuda_test::odd_strides<TypeParam>(gpu<TypeParam>, rng, 300))
+ISM_GPU_CASE(IsmEarlierRoundsDoNotDependOnLaterOnes, for (index_t dim : {64, 128, 40}) {
+  ism_cuda_test::ism_kv_reuse<TypeParam>(gpu<TypeParam>, rng, dim);
+})
 
 // --- argument checks: no GPU needed, nothing reaches the device -----------
 

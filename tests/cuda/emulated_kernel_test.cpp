@@ -43,6 +43,7 @@ ism_cuda_test::Budget small_budget() {
   b.max_kv_heads = 1;
   b.decode_min_nk = 150;
   b.decode_max_nk = 300;
+  b.decode_splits = {0, 3, 16};
   return b;
 }
 
@@ -64,5 +65,7 @@ ISM_EMULATED_CASE(RowsThatSeeNothingGiveZeroAndMinusInfinity,
 ISM_EMULATED_CASE(EmptyKeyBlocksAreNeverRead,
                   ism_cuda_test::empty_key_blocks_are_never_read<TypeParam>(emulated<TypeParam>, rng, {64}))
 ISM_EMULATED_CASE(OddStridesMatchReference, ism_cuda_test::odd_strides<TypeParam>(emulated<TypeParam>, rng, 130))
+ISM_EMULATED_CASE(IsmEarlierRoundsDoNotDependOnLaterOnes,
+                  ism_cuda_test::ism_kv_reuse<TypeParam>(emulated<TypeParam>, rng, 64))
 
 }  // namespace

@@ -52,28 +52,34 @@ inline thread_local Block* block = nullptr;
 inline thread_local int lane = 0, warp = 0;
 inline Warp& this_warp() { return *block->warps[size_t(warp)]; }
 
-// Runs `kernel()` as every thread of every block of `grid`.
+// Runs `kernel()` as every thread of every block of `grid`. One pool of
+// threads plays each block in turn (a barrier between blocks keeps a block's
+// shared memory its own); the warp and block barriers carry over from block
+// to block because the kernel's barriers are uniform: every thread passes the
+// same __syncthreads, every lane of a warp the same collectives.
 template <class Kernel>
 void run_grid(dim3 grid, int threads, Kernel kernel) {
-  for (unsigned z = 0; z < grid.z; ++z)
-    for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x) {
-        Block b(threads);
-        std::vector<std::thread> pool;
-        pool.reserve(size_t(threads));
-        for (int t = 0; t < threads; ++t)
-          pool.emplace_back([&, t] {
-            threadIdx = {unsigned(t), 0, 0};
+  Block b(threads);
+  std::barrier<> next_block(threads);
+  std::vector<std::thread> pool;
+  pool.reserve(size_t(threads));
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      threadIdx = {unsigned(t), 0, 0};
+      blockDim = dim3(unsigned(threads));
+      gridDim = grid;
+      block = &b;
+      lane = t % 32;
+      warp = t / 32;
+      for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+          for (unsigned x = 0; x < grid.x; ++x) {
             blockIdx = {x, y, z};
-            blockDim = dim3(unsigned(threads));
-            gridDim = grid;
-            block = &b;
-            lane = t % 32;
-            warp = t / 32;
             kernel();
-          });
-        for (auto& th : pool) th.join();
-      }
+            next_block.arrive_and_wait();
+          }
+    });
+  for (auto& th : pool) th.join();
 }
 
 // One 16-bit element as float, in the kernel's element type.

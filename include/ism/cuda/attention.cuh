@@ -4,6 +4,7 @@
 // simple mask by value or a DeviceMask. Arguments are checked on the host
 // before anything is launched (nothing is written when the call throws); the
 // launch is asynchronous on `stream`.
+#include <atomic>
 #include <cstdint>
 
 #include "ism/attention/options.hpp"
@@ -59,17 +60,41 @@ struct StreamBuffer {
   }
 };
 
-inline int sm_count() {
-  int device = 0, sms = 0;
+inline int current_device() {
+  int device = 0;
   ISM_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
+// Asked once per device: decode calls are a few microseconds of GPU time,
+// and host work before the launch shows up in them.
+inline int sm_count(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cached[kMaxDevices] = {};
+  if (device >= 0 && device < kMaxDevices && cached[device].load(std::memory_order_relaxed) > 0)
+    return cached[device].load(std::memory_order_relaxed);
+  int sms = 0;
   ISM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (device >= 0 && device < kMaxDevices) cached[device].store(sms, std::memory_order_relaxed);
   return sms;
+}
+
+// The opt-in to more than 48 KiB of dynamic shared memory, once per kernel
+// and device (setting it again is harmless, so a race costs one extra call).
+template <class Kernel>
+void allow_shared_memory(Kernel* kernel, int device, size_t bytes) {
+  static std::atomic<std::uint64_t> done{0};
+  const std::uint64_t bit = device >= 0 && device < 64 ? std::uint64_t(1) << device : 0;
+  if (bit != 0 && (done.load(std::memory_order_relaxed) & bit) != 0) return;
+  ISM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  done.fetch_or(bit, std::memory_order_relaxed);
 }
 
 template <class Traits, class T, class Mask>
 void launch(FwdParams<T> p, const Mask& mask, index_t q_heads, cudaStream_t stream, const LaunchOptions& lo) {
   const index_t q_blocks = (p.n_q + Traits::kBlockM - 1) / Traits::kBlockM;
-  const int splits = plan_splits<Traits>(p, q_heads, lo.kv_splits, lo.kv_splits == 0 ? sm_count() : 0);
+  const int device = current_device();
+  const int splits = plan_splits<Traits>(p, q_heads, lo.kv_splits, lo.kv_splits == 0 ? sm_count(device) : 0);
   p.splits = splits;
 
   StreamBuffer workspace{nullptr, stream};
@@ -82,7 +107,7 @@ void launch(FwdParams<T> p, const Mask& mask, index_t q_heads, cudaStream_t stre
 
   constexpr size_t smem = Traits::kSmemElems * sizeof(T);
   auto* kernel = &attention_fwd_kernel<Traits, T, Mask>;
-  ISM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  allow_shared_memory(kernel, device, smem);
   const dim3 grid{unsigned(q_blocks), unsigned(q_heads), unsigned(splits)};
   kernel<<<grid, Traits::kThreads, smem, stream>>>(p, mask);
   check(cudaGetLastError(), "attention_fwd_kernel<<<...>>> launch", __FILE__, __LINE__);
