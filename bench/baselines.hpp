@@ -370,4 +370,31 @@ class EigenAttention {
   RowMatrix q_f_, k_f_, v_f_, o_f_;
 };
 
+// ---------------------------------------------------------------------------
+// The timed loops every attention case shares
+
+// ism::attention (fused) on data under mask; sets the attention counters.
+template <class T, class Mask>
+void time_fused(benchmark::State& state, AttentionData<T>& data, const Mask& mask, int threads, index_t q_offset) {
+  AttentionOptions opt;
+  opt.threads = threads;
+  opt.q_offset = q_offset;
+  for (auto _ : state) {
+    attention(data.q(), data.k(), data.v(), data.out(), mask, opt);
+    keep(data.out_buf);
+  }
+  set_attention_counters(state, mask_stats(mask, data.n_q, data.n_k, q_offset), data.q_heads, data.dim);
+}
+
+// The unfused Eigen path on the same problem (its dense mask built untimed).
+template <class T, class Mask>
+void time_unfused(benchmark::State& state, AttentionData<T>& data, const Mask& mask, int threads, index_t q_offset) {
+  EigenAttention eigen(mask, data.n_q, data.n_k, q_offset);
+  for (auto _ : state) {
+    eigen.run(data.q(), data.k(), data.v(), data.out(), threads);
+    keep(data.out_buf);
+  }
+  set_attention_counters(state, mask_stats(mask, data.n_q, data.n_k, q_offset), data.q_heads, data.dim);
+}
+
 }  // namespace ism::bench

@@ -42,27 +42,13 @@ double kv_bytes(index_t cache) {
 template <class T>
 void run_fused(benchmark::State& state, index_t rows, index_t cache, int threads) {
   AttentionData<T> data(rows, cache, kQHeads, kKvHeads, kDim);
-  const auto mask = causal_mask();
-  AttentionOptions opt;
-  opt.threads = threads;
-  opt.q_offset = cache - rows;
-  for (auto _ : state) {
-    attention(data.q(), data.k(), data.v(), data.out(), mask, opt);
-    keep(data.out_buf);
-  }
-  set_attention_counters(state, mask_stats(mask, rows, cache, cache - rows), kQHeads, kDim);
+  time_fused(state, data, causal_mask(), threads, cache - rows);
   state.SetBytesProcessed(std::int64_t(kv_bytes<T>(cache)) * state.iterations());
 }
 
 void run_eigen(benchmark::State& state, index_t rows, index_t cache, int threads) {
   AttentionData<float> data(rows, cache, kQHeads, kKvHeads, kDim);
-  const auto mask = causal_mask();
-  EigenAttention eigen(mask, rows, cache, cache - rows);
-  for (auto _ : state) {
-    eigen.run(data.q(), data.k(), data.v(), data.out(), threads);
-    keep(data.out_buf);
-  }
-  set_attention_counters(state, mask_stats(mask, rows, cache, cache - rows), kQHeads, kDim);
+  time_unfused(state, data, causal_mask(), threads, cache - rows);
   state.SetBytesProcessed(std::int64_t(kv_bytes<float>(cache)) * state.iterations());
 }
 

@@ -80,14 +80,7 @@ void dense(benchmark::State& state, index_t n, index_t segments) {
 void fused(benchmark::State& state, index_t n, index_t segments) {
   const SegmentMask m = equal_ism_mask(n, segments);
   AttentionData<float> data(n, n, kHeads, kHeads, kDim);
-  AttentionOptions opt;
-  opt.threads = 1;
-  opt.q_offset = 0;
-  for (auto _ : state) {
-    attention(data.q(), data.k(), data.v(), data.out(), m, opt);
-    keep(data.out_buf);
-  }
-  set_attention_counters(state, mask_stats(m, n, n, 0), kHeads, kDim);
+  time_fused(state, data, m, 1, 0);
 }
 
 using Case = void (*)(benchmark::State&, index_t, index_t);

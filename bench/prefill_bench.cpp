@@ -46,29 +46,13 @@ std::string case_name(const std::string& impl, const std::string& mask, const ch
 template <class T>
 void run_fused(benchmark::State& state, const std::string& kind, index_t n, index_t dim, int threads) {
   AttentionData<T> data(n, n, kHeads, kHeads, dim);
-  with_mask(kind, n, [&](const auto& mask) {
-    AttentionOptions opt;
-    opt.threads = threads;
-    opt.q_offset = 0;
-    for (auto _ : state) {
-      attention(data.q(), data.k(), data.v(), data.out(), mask, opt);
-      keep(data.out_buf);
-    }
-    set_attention_counters(state, mask_stats(mask, n, n, 0), kHeads, dim);
-  });
+  with_mask(kind, n, [&](const auto& mask) { time_fused(state, data, mask, threads, 0); });
 }
 
 template <class T>
 void run_eigen(benchmark::State& state, const std::string& kind, index_t n, index_t dim, int threads) {
   AttentionData<T> data(n, n, kHeads, kHeads, dim);
-  with_mask(kind, n, [&](const auto& mask) {
-    EigenAttention eigen(mask, n, n, 0);
-    for (auto _ : state) {
-      eigen.run(data.q(), data.k(), data.v(), data.out(), threads);
-      keep(data.out_buf);
-    }
-    set_attention_counters(state, mask_stats(mask, n, n, 0), kHeads, dim);
-  });
+  with_mask(kind, n, [&](const auto& mask) { time_unfused(state, data, mask, threads, 0); });
 }
 
 void run_square(benchmark::State& state, Blas blas, int threads) {
