@@ -16,6 +16,7 @@
 #include "fuzz/fuzz_input.hpp"
 #include "ism/attention/attention.hpp"
 #include "ism/ism.hpp"
+#include "ism/kv/paged.hpp"
 
 namespace {
 
@@ -57,6 +58,40 @@ float eps() {
   if constexpr (std::is_same_v<T, Eigen::bfloat16>) return 1.f / 256;
   else if constexpr (std::is_same_v<T, Eigen::half>) return 1.f / 2048;
   else return 2e-6f;
+}
+
+// The same call through a paged cache (pages in shuffled order, spare pages
+// in the pool) must give the contiguous call's result bit for bit.
+template <class T, class Mask>
+void check_paged(Input& in, std::mt19937& gen, ism::HeadsView<const T> q, ism::HeadsView<const T> k,
+                 ism::HeadsView<const T> v, ism::HeadsView<T> out, const Mask& mask, const ism::AttentionOptions& opt) {
+  const index_t page = in.small(1, 20), heads = k.heads, dim = k.dim;
+  const index_t blocks = (k.tokens + page - 1) / page, pages = blocks + in.small(0, 3);
+  std::vector<index_t> order(static_cast<size_t>(pages));
+  for (index_t i = 0; i < pages; ++i) order[size_t(i)] = i;
+  std::shuffle(order.begin(), order.end(), gen);
+  const index_t row = heads * dim, pool = std::max<index_t>(1, pages * page * row);
+  std::vector<T> kp(size_t(pool), T(0.f)), vp(size_t(pool), T(0.f));
+  for (index_t t = 0; t < k.tokens; ++t)
+    for (index_t h = 0; h < heads; ++h)
+      for (index_t d = 0; d < dim; ++d) {
+        const index_t at = (order[size_t(t / page)] * page + t % page) * row + h * dim + d;
+        kp[size_t(at)] = k(t, h, d);
+        vp[size_t(at)] = v(t, h, d);
+      }
+  const ism::PagedKV<T> paged(kp.data(), vp.data(), pages, page, heads, dim, order.data(), k.tokens);
+  std::vector<T> buf(size_t(std::max<index_t>(1, out.tokens * out.heads * dim)), T(42.f));
+  const ism::HeadsView<T> out2{buf.data(), out.tokens, out.heads, dim, out.heads * dim, dim};
+  std::vector<float> lse2(size_t(out.heads * out.tokens) + 1, 7.f);
+  ism::AttentionOptions o = opt;
+  if (o.lse) o.lse = lse2.data();
+  ism::attention<T>(q, paged, out2, mask, o);
+  for (index_t t = 0; t < out.tokens; ++t)
+    for (index_t h = 0; h < out.heads; ++h)
+      for (index_t d = 0; d < dim; ++d)
+        ISM_FUZZ_CHECK(std::memcmp(&out(t, h, d), &out2(t, h, d), sizeof(T)) == 0, t, h, d);
+  for (index_t i = 0; o.lse && i < out.heads * out.tokens; ++i)
+    ISM_FUZZ_CHECK(std::memcmp(&opt.lse[i], &lse2[size_t(i)], sizeof(float)) == 0, i);
 }
 
 template <class T, class Mask>
@@ -164,6 +199,7 @@ void run_case(Input& in, const Mask& mask, const Shape& s, int hostile) {
     }
     ISM_FUZZ_CHECK(lse[size_t(heads * s.n_q)] == 7.f);  // one past the end
   }
+  if (in.coin()) check_paged(in, gen, qv, kv, vv, ov, mask, opt);
 }
 
 // The mask, then the call. Layout lengths cover the window unless the bytes
