@@ -54,13 +54,7 @@ struct Avx2 {
     x = _mm256_min_ps(set1(c::max_arg), _mm256_max_ps(set1(c::min_arg), x));
     const V n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = _mm256_sub_ps(x, n);
-    V p = set1(c::c0);
-    p = fma(p, f, set1(c::c1));
-    p = fma(p, f, set1(c::c2));
-    p = fma(p, f, set1(c::c3));
-    p = fma(p, f, set1(c::c4));
-    p = fma(p, f, set1(c::c5));
-    p = fma(p, f, set1(1.f));
+    const V p = c::polynomial<Avx2>(f);
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
   }

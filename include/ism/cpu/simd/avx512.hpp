@@ -53,13 +53,7 @@ struct Avx512 {
     x = _mm512_maskz_min_ps(avx512_detail::all, set1(c::max_arg), max(set1(c::min_arg), x));
     const V n = _mm512_maskz_roundscale_ps(avx512_detail::all, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const V f = _mm512_sub_ps(x, n);
-    V p = set1(c::c0);
-    p = fma(p, f, set1(c::c1));
-    p = fma(p, f, set1(c::c2));
-    p = fma(p, f, set1(c::c3));
-    p = fma(p, f, set1(c::c4));
-    p = fma(p, f, set1(c::c5));
-    p = fma(p, f, set1(1.f));
+    const V p = c::polynomial<Avx512>(f);
     const __m512i e = _mm512_add_epi32(_mm512_maskz_cvtps_epi32(avx512_detail::all, n), _mm512_set1_epi32(127));
     const __m512i bits = _mm512_maskz_slli_epi32(avx512_detail::all, e, 23);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));

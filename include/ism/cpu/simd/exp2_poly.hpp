@@ -21,4 +21,17 @@ inline constexpr float c3 = 5.550332471162809e-2f;
 inline constexpr float c4 = 2.402264791363012e-1f;
 inline constexpr float c5 = 6.931472028550421e-1f;
 
+// 2^f for f in [-1/2, 1/2], in any instruction set's vocabulary S (Horner's
+// rule on S::fma; each ISA file adds the clamp, the rounding and 2^n).
+template <class S>
+inline typename S::V polynomial(typename S::V f) {
+  typename S::V p = S::set1(c0);
+  p = S::fma(p, f, S::set1(c1));
+  p = S::fma(p, f, S::set1(c2));
+  p = S::fma(p, f, S::set1(c3));
+  p = S::fma(p, f, S::set1(c4));
+  p = S::fma(p, f, S::set1(c5));
+  return S::fma(p, f, S::set1(1.f));
+}
+
 }  // namespace ism::cpu::simd::exp2_poly

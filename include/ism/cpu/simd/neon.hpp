@@ -43,13 +43,7 @@ struct Neon {
     x = vminq_f32(vmaxq_f32(x, set1(c::min_arg)), set1(c::max_arg));  // NaN stays NaN
     const V n = vrndnq_f32(x);
     const V f = vsubq_f32(x, n);
-    V p = set1(c::c0);
-    p = fma(p, f, set1(c::c1));
-    p = fma(p, f, set1(c::c2));
-    p = fma(p, f, set1(c::c3));
-    p = fma(p, f, set1(c::c4));
-    p = fma(p, f, set1(c::c5));
-    p = fma(p, f, set1(1.f));
+    const V p = c::polynomial<Neon>(f);
     const int32x4_t bits = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
     return vmulq_f32(p, vreinterpretq_f32_s32(bits));
   }

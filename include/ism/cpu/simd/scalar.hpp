@@ -39,17 +39,11 @@ struct Scalar {
     x = x < c::min_arg ? c::min_arg : (x > c::max_arg ? c::max_arg : x);  // also maps -inf
     const float n = std::nearbyint(x);
     const float f = x - n;
-    float p = c::c0;
-    p = p * f + c::c1;
-    p = p * f + c::c2;
-    p = p * f + c::c3;
-    p = p * f + c::c4;
-    p = p * f + c::c5;
-    p = p * f;
+    const float p = c::polynomial<Scalar>(f);
     const std::uint32_t bits = std::uint32_t(std::int32_t(n) + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
-    return (1.f + p) * scale;
+    return p * scale;
   }
 
   // Element conversions: exact widening, round-to-nearest-even narrowing.
