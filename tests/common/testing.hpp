@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <random>
 #include <sstream>
 #include <string>
@@ -33,6 +34,22 @@ struct Rng {
   double real(double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(gen); }
   bool coin(double p = 0.5) { return std::bernoulli_distribution(p)(gen); }
 };
+
+// f must throw ism::invalid_argument (hence std::invalid_argument) whose
+// message contains every needle: the argument's name and its value.
+template <class F>
+void expect_invalid(F&& f, std::initializer_list<const char*> needles) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception thrown";
+  } catch (const ism::invalid_argument& e) {
+    for (const char* n : needles)
+      EXPECT_NE(std::string(e.what()).find(n), std::string::npos)
+          << "message \"" << e.what() << "\" does not mention \"" << n << "\"";
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type (not ism::invalid_argument): " << e.what();
+  }
+}
 
 #define ISM_SEEDED_TEST_BODY(seed_var) \
   const std::uint64_t seed_var = ::ism_test::test_seed(); \

@@ -8,20 +8,7 @@ namespace {
 using ism::Attend;
 using ism::index_t;
 
-// Runs f, expects std::invalid_argument whose message contains every needle.
-template <class F>
-void expect_invalid(F&& f, std::initializer_list<const char*> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(dynamic_cast<const ism::invalid_argument*>(&e), nullptr) << "not an ism::invalid_argument";
-    for (const char* n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos)
-        << "message \"" << e.what() << "\" does not mention \"" << n << "\"";
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using ism_test::expect_invalid;
 
 TEST(Validation, BoundariesUnsorted) {
   expect_invalid([] { ism::ism_mask({0, 5, 3, 9}); }, {"boundaries[2]", "3"});

@@ -262,8 +262,6 @@ TEST(HostileSizes, PackedLayoutHelpersRejectOverflowingStrides) {
 // not by luck after a signed overflow (undefined behaviour, which the
 // UndefinedBehaviorSanitizer step reports).
 TEST(HostileSizes, PagedCacheWithOverflowingRowSizeIsRejected) {
-  GTEST_SKIP() << "KNOWN BUG (include/ism/kv/paged.hpp, detail::pool_view): `heads * dim` is computed before "
-                  "any check, a signed overflow for heads = dim = 2^32; reported to the paged cache's owner";
   std::vector<float> pages(16, 0.f), q(4, 0.f), out(4, 0.f);
   const index_t table[1] = {0};
   const index_t big = index_t(1) << 32;
@@ -328,12 +326,9 @@ TEST(HostileSizes, ExportSizesAreChecked) {
   EXPECT_EQ(f.full_kv_num_blocks[0], 0);
 }
 
-// attention_batch checks each request on its own; one request's output that
+// attention_batch checks the requests against each other: one request's output that
 // overlaps another request's input or output is a race between requests.
 TEST(HostileSizes, BatchRequestsWithOverlappingOutputsAreRejected) {
-  GTEST_SKIP() << "KNOWN GAP (include/ism/attention/attention.hpp, attention_batch): requests are validated one "
-                  "by one, so request 1 writing request 0's q (or both writing one out) is accepted; reported to "
-                  "the kernel's owner";
   Problem a, b;
   using Request = ism::AttentionRequest<float, ism::SegmentMask>;
   std::vector<Request> reqs(2);

@@ -41,20 +41,7 @@ class VirtualBuffer {
   void* ptr_ = nullptr;
 };
 
-// f must throw ism::invalid_argument whose message contains every needle.
-template <class F>
-void expect_invalid(F&& f, std::initializer_list<const char*> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const ism::invalid_argument& e) {
-    for (const char* n : needles)
-      EXPECT_NE(std::string(e.what()).find(n), std::string::npos)
-          << "message \"" << e.what() << "\" does not mention \"" << n << "\"";
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using ism_test::expect_invalid;
 
 // Tolerance of one output element against the fp64 reference: rounding of the
 // output type plus fp32 accumulation, relative to the values' magnitude.

@@ -76,6 +76,7 @@ void attention_batch(const std::vector<AttentionRequest<T, Mask>>& requests, con
     const AttentionShape shape = check_attention(where, r.q, r.k, r.v, r.out, *r.mask, o);
     problems.push_back({r.q, ContiguousKV<T>{r.k, r.v}, r.out, r.mask, r.lse, shape});
   }
+  detail::check_requests_disjoint(where, requests);
   cpu::run_problems(problems.data(), static_cast<index_t>(problems.size()), opt);
 }
 

@@ -1,8 +1,10 @@
 #pragma once
 // Argument checks shared by every attention entry point. They run before any
 // output is touched, so a call that throws writes nothing.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "ism/attention/options.hpp"
 #include "ism/core/errors.hpp"
@@ -137,5 +139,54 @@ AttentionShape check_attention(const char* where, const HeadsView<Q>& q, const H
   }
   return s;
 }
+
+namespace detail {
+
+// attention_batch: requests of one batch run at the same time, so no request may write memory
+// that another request reads or writes (each request's own views were checked
+// by check_attention). Written spans (out, lse) are sorted once; every span then
+// finds the written spans it meets by binary search: O(R log R) for R requests.
+template <class Request>
+void check_requests_disjoint(const char* where, const std::vector<Request>& requests) {
+  struct Span {
+    ByteSpan bytes;
+    size_t request;
+    const char* name;
+  };
+  std::vector<Span> written, all;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const Request& r = requests[i];
+    const Span out{check_view(where, "out", r.out), i, "out"};
+    written.push_back(out);
+    if (r.lse != nullptr && r.q.tokens > 0) {
+      const auto first = reinterpret_cast<std::uintptr_t>(r.lse);
+      const auto bytes = static_cast<std::uintptr_t>(r.q.heads * r.q.tokens) * sizeof(float);
+      written.push_back({{first, first + bytes}, i, "lse"});
+    }
+    all.push_back({check_view(where, "q", r.q), i, "q"});
+    all.push_back({check_view(where, "k", r.k), i, "k"});
+    all.push_back({check_view(where, "v", r.v), i, "v"});
+  }
+  all.insert(all.end(), written.begin(), written.end());
+  written.erase(std::remove_if(written.begin(), written.end(), [](const Span& s) { return s.bytes.empty(); }),
+                written.end());
+  std::sort(written.begin(), written.end(), [](const Span& a, const Span& b) { return a.bytes.first < b.bytes.first; });
+  for (size_t w = 1; w < written.size(); ++w)
+    if (written[w - 1].bytes.overlaps(written[w].bytes) && written[w - 1].request != written[w].request)
+      fail(where, "requests[", written[w].request, "].", written[w].name, " overlaps requests[",
+           written[w - 1].request, "].", written[w - 1].name, " (requests run at the same time)");
+  // Written spans of different requests are now disjoint, so sorted by first
+  // they are sorted by last too.
+  for (const Span& s : all) {
+    auto it = std::partition_point(written.begin(), written.end(),
+                                   [&](const Span& w) { return w.bytes.last <= s.bytes.first; });
+    for (; it != written.end() && it->bytes.first < s.bytes.last; ++it)
+      if (it->request != s.request && it->bytes.overlaps(s.bytes))
+        fail(where, "requests[", it->request, "].", it->name, " overlaps requests[", s.request, "].", s.name,
+             " (requests run at the same time)");
+  }
+}
+
+}  // namespace detail
 
 }  // namespace ism

@@ -77,6 +77,13 @@ void check_paged_kv(const char* where, const PagedKV<T>& kv) {
   index_t pool_tokens = 0;
   if (mul_overflows(kv.num_pages(), kv.page_size(), &pool_tokens))
     fail(where, "kv.num_pages * kv.page_size overflows: ", kv.num_pages(), " * ", kv.page_size());
+  // pool_view multiplies heads by dim: check them first (a signed overflow
+  // there would be undefined behaviour, not an error message).
+  if (kv.heads() <= 0) fail(where, "kv.heads = ", kv.heads(), " must be positive");
+  if (kv.dim() <= 0) fail(where, "kv.dim = ", kv.dim(), " must be positive");
+  index_t row = 0;
+  if (mul_overflows(kv.heads(), kv.dim(), &row))
+    fail(where, "kv.heads * kv.dim overflows: ", kv.heads(), " * ", kv.dim());
   // The pools as views: heads, dim, null data and address-space overflow are
   // checked the same way as for a contiguous cache.
   check_view(where, "kv.k_pages", pool_view(kv.k_pages(), kv.num_pages(), kv.page_size(), kv.heads(), kv.dim()));
