@@ -1,6 +1,8 @@
 #pragma once
-// THE tile loop of the fused CPU attention. One call handles one query tile
-// (up to tile_q rows that share a KV head) against the keys it can see:
+// THE tile loop of the fused CPU attention. One call handles a group of query
+// tiles (each up to tile_q rows; all rows share a KV head) against the keys
+// they can see; each key tile is packed once and used by every query tile of
+// the group that sees it:
 //
 //   bounds  each row's visible keys [lo, hi) from the mask policy (mask.keys),
 //           so the tile's `any` range (keys some row sees) and `all` range
@@ -85,21 +87,29 @@ inline void load_row(const T* src, float* dst, index_t dim, index_t dp) {
   for (; d < dp; ++d) dst[d] = 0.f;
 }
 
-// Runs rows[0, nrows) against key tiles [tile_begin, tile_end) (clipped to
-// what the rows see). Rows come in query tiles of tile_q (at most
-// max_q_tiles of them), which share each packed key tile. `heads` is how many
-// query heads a tile's rows span, for the visit counter. With `partial` null
-// the output and LSE are final.
+// Query rows [r0, r0 + n) of the rows array that form one query tile
+// (n <= tile_q). The planner cuts tiles at fixed positions of each head, so a
+// row's arithmetic (Full or Partial steps, summation order) does not depend on
+// which tiles a task groups together, nor on the thread count.
+struct TileSpan {
+  index_t r0, n;
+};
+
+// Runs the query tiles spans[0, n_tiles) (n_tiles <= max_q_tiles) against key
+// tiles [tile_begin, tile_end) (clipped to what the rows see); the tiles share
+// each packed key tile. `heads` is how many query heads one tile's rows span,
+// for the visit counter. With `partial` null the output and LSE are final;
+// otherwise row r's unnormalised state goes to partial at index r.
 template <class S, class T, class KV, class Mask>
-void attend_rows(const TileRow<T>* rows, index_t nrows, index_t heads, const KV& kv, index_t kv_head,
-                 const Mask& mask, index_t n_k, index_t dim, float scale, index_t tile_begin, index_t tile_end,
-                 const PartialState* partial) {
+void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles, index_t heads, const KV& kv,
+                 index_t kv_head, const Mask& mask, index_t n_k, index_t dim, float scale, index_t tile_begin,
+                 index_t tile_end, const PartialState* partial) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, Eigen::bfloat16> || std::is_same_v<T, Eigen::half>,
                 "the CPU kernel stores float, Eigen::bfloat16 or Eigen::half");
   constexpr index_t W = S::width;
   const TileFns fns = tile_fns<S>(dim);
   const index_t dp = fns.dp;
-  Workspace& ws = thread_workspace(dp);
+  Workspace& ws = thread_workspace(dp, n_tiles);
 
   struct QTile {
     index_t r0, n, nv;      // rows [r0, r0 + n), in nv vectors
@@ -108,23 +118,23 @@ void attend_rows(const TileRow<T>* rows, index_t nrows, index_t heads, const KV&
     TileBuffers b;
   };
   QTile tiles[max_q_tiles];
-  const index_t n_tiles = (nrows + tile_q - 1) / tile_q;
-  index_t lo[max_q_tiles * tile_q], hi[max_q_tiles * tile_q];
+  index_t* const lo = ws.row_lo();
+  index_t* const hi = ws.row_hi();
   index_t c_first = tile_end, c_last = tile_begin;
   const float qscale = scale * 1.4426950408889634f;  // log2(e): scores in log2 units
   for (index_t s = 0; s < n_tiles; ++s) {
     QTile& qt = tiles[s];
-    qt.r0 = s * tile_q;
-    qt.n = std::min(tile_q, nrows - qt.r0);
+    qt.r0 = spans[s].r0;
+    qt.n = spans[s].n;
     qt.nv = (qt.n + W - 1) / W;
     qt.b = ws.tile(s);
     qt.any = {n_k, 0};
     qt.all = {0, n_k};
-    for (index_t r = qt.r0; r < qt.r0 + qt.n; ++r) {
-      const KeyRange k = visible_keys(mask, rows[r].pos, n_k);
-      lo[r] = k.begin;
-      hi[r] = k.end;
-      qt.any = {std::min(qt.any.begin, k.begin), std::max(qt.any.end, k.end)};
+    for (index_t i = 0; i < qt.n; ++i) {
+      const KeyRange k = visible_keys(mask, rows[qt.r0 + i].pos, n_k);
+      lo[s * tile_q + i] = k.begin;
+      hi[s * tile_q + i] = k.end;
+      if (k.end > k.begin) qt.any = {std::min(qt.any.begin, k.begin), std::max(qt.any.end, k.end)};
       qt.all = {std::max(qt.all.begin, k.begin), std::min(qt.all.end, k.end)};
     }
     qt.c_begin = std::max(tile_begin, qt.any.begin / tile_k);
@@ -170,7 +180,7 @@ void attend_rows(const TileRow<T>* rows, index_t nrows, index_t heads, const KV&
       // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact in
       // float whatever the absolute positions are. Padding lanes see nothing.
       for (index_t i = 0; i < qt.nv * W; ++i) {
-        const index_t a = i < qt.n ? lo[qt.r0 + i] - k0 : 0, b = i < qt.n ? hi[qt.r0 + i] - k0 : 0;
+        const index_t a = i < qt.n ? lo[s * tile_q + i] - k0 : 0, b = i < qt.n ? hi[s * tile_q + i] - k0 : 0;
         qt.b.lo[i] = static_cast<float>(std::clamp<index_t>(a, -1, tile_k + 1));
         qt.b.hi[i] = static_cast<float>(std::clamp<index_t>(b, -1, tile_k + 1));
       }

@@ -2,8 +2,9 @@
 // Planning and scheduling: turns one or many attention problems into
 // independent tasks, runs them through a parallel-for, then merges split keys.
 //
-//   prefill  (many query rows): one task per (query head, group of up to
-//            max_q_tiles query tiles that share each packed key tile);
+//   prefill  (many query rows): one task per block of (query head, query
+//            tile) pairs under one KV head; the block shares each packed key
+//            tile, and is sized to stay in cache (GQA heads share it too);
 //   grouped  (n_q * group <= tile_q: decode and short chunks): the query rows
 //            of all heads sharing a KV head form ONE tile, so K/V are packed
 //            once for the whole group; if the rows see many key tiles, the
@@ -12,8 +13,10 @@
 //
 // Tasks are ordered by visible work (key tiles x rows), largest first, and
 // handed out dynamically: causal and ISM rows grow with position, so equal
-// row counts are not equal work. The plan depends on the shapes only, never on
-// the thread count, so results are bitwise identical for any thread count.
+// row counts are not equal work. How tiles are grouped into tasks depends on
+// the thread count, but a row's arithmetic does not (query tiles sit at fixed
+// positions, key chunks depend on shapes only), so results are bitwise
+// identical for any thread count.
 #include <algorithm>
 #include <vector>
 
@@ -46,9 +49,10 @@ struct Problem {
 
 struct Task {
   index_t problem;
-  index_t head;        // query head (prefill) or KV head (grouped)
-  index_t row0, row1;  // query rows (prefill)
-  index_t tile_begin, tile_end;  // key tiles (grouped chunks); else all
+  index_t kv_head;
+  index_t head_begin, head_end;  // query heads (prefill); the whole group otherwise
+  index_t tile_begin, tile_end;  // query tiles of tile_q rows (prefill)
+  index_t key_begin, key_end;    // key tiles (grouped chunks); else all
   index_t chunk;    // chunk index within the split; -1: writes final output
   index_t merge;    // index into the merge list, or -1
   index_t cost;
@@ -64,6 +68,20 @@ struct MergeJob {
 
 inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 
+// Cache a prefill task's query tiles may fill (their Q^T and output
+// accumulators) while key tiles stream past: about a core's L2.
+inline constexpr index_t group_cache_bytes = index_t(1) << 20;
+
+// How many tasks the plan aims for per thread, so dynamic hand-out can even
+// out tasks of unequal cost.
+inline constexpr index_t tasks_per_thread = 4;
+
+// Splits `total` units into the fewest groups of at most `most` units, then
+// evens the groups out; returns the group size.
+inline index_t even_split(index_t total, index_t most) {
+  return ceil_div(total, ceil_div(total, std::max<index_t>(1, most)));
+}
+
 template <class T, class KV, class Mask>
 void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const AttentionOptions& opt) {
   using S = simd::Native;
@@ -72,6 +90,8 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
   index_t scratch_size = 0;
   constexpr index_t none = -1;
   const index_t all_tiles = std::numeric_limits<index_t>::max();
+  const index_t want_tasks = tasks_per_thread * (opt.threads > 0 && !opt.parallel_for ? opt.threads : default_threads());
+  std::vector<index_t> tile_cost;
 
   for (index_t p = 0; p < count; ++p) {
     const AttentionShape& s = problems[p].shape;
@@ -84,8 +104,9 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
       const index_t nt = t1 - t0;
       const index_t chunks = std::min(max_key_chunks, std::max<index_t>(1, nt / min_chunk_tiles));
       for (index_t g = 0; g < s.kv_heads; ++g) {
+        const index_t h0 = g * s.group, h1 = h0 + s.group;
         if (chunks == 1) {
-          tasks.push_back({p, g, 0, 0, 0, all_tiles, none, none, std::max<index_t>(1, nt) * rows});
+          tasks.push_back({p, g, h0, h1, 0, 0, 0, all_tiles, none, none, std::max<index_t>(1, nt) * rows});
           continue;
         }
         const index_t m = static_cast<index_t>(merges.size());
@@ -93,26 +114,38 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
         scratch_size += chunks * rows * (s.dim + 2);
         for (index_t c = 0; c < chunks; ++c) {
           const index_t b = t0 + nt * c / chunks, e = t0 + nt * (c + 1) / chunks;
-          tasks.push_back({p, g, 0, 0, b, e, c, m, (e - b) * rows});
+          tasks.push_back({p, g, h0, h1, 0, 0, b, e, c, m, (e - b) * rows});
         }
       }
-    } else {
-      // Groups of g query tiles share each packed key tile; g shrinks for
-      // small problems so there are still enough tasks to spread.
-      const index_t q_tiles = ceil_div(s.n_q, tile_q);
-      const index_t g = std::clamp<index_t>(q_tiles * s.q_heads / 16, 1, max_q_tiles);
-      for (index_t r0 = 0; r0 < s.n_q; r0 += g * tile_q) {
-        const index_t r1 = std::min(s.n_q, r0 + g * tile_q);
-        index_t cost = 0;
-        for (index_t t0 = r0; t0 < r1; t0 += tile_q) {
-          const index_t t1 = std::min(r1, t0 + tile_q);
-          const KeyRange any = row_block_keys(mask, s.q_offset + t0, s.q_offset + t1, s.n_k).any;
-          const index_t nt = any.end > any.begin ? ceil_div(any.end, tile_k) - any.begin / tile_k : 0;
-          cost += std::max<index_t>(1, nt) * (t1 - t0);
-        }
-        for (index_t h = 0; h < s.q_heads; ++h) tasks.push_back({p, h, r0, r1, 0, all_tiles, none, none, cost});
-      }
+      continue;
     }
+    // Prefill: a task is a block of (query head, query tile) pairs that share
+    // one KV head, so each key tile is packed once for all of them: up to
+    // group_cache_bytes of query tiles, fewer when the threads need more tasks.
+    const index_t q_tiles = ceil_div(s.n_q, tile_q);
+    const index_t dp = ceil_div(s.dim, S::width) * S::width;
+    const index_t fit = std::clamp<index_t>(group_cache_bytes / q_tile_bytes(dp), 1, max_q_tiles);
+    index_t heads = std::min(s.group, fit), tiles = std::min(q_tiles, std::max<index_t>(1, fit / heads));
+    auto task_count = [&] { return s.kv_heads * ceil_div(s.group, heads) * ceil_div(q_tiles, tiles); };
+    while (task_count() < want_tasks && tiles > 1) tiles = ceil_div(tiles, 2);
+    while (task_count() < want_tasks && heads > 1) heads = ceil_div(heads, 2);
+    tiles = even_split(q_tiles, tiles);
+    heads = even_split(s.group, heads);
+    tile_cost.assign(static_cast<size_t>(q_tiles), 0);
+    for (index_t t = 0; t < q_tiles; ++t) {
+      const index_t r0 = t * tile_q, r1 = std::min(s.n_q, r0 + tile_q);
+      const KeyRange any = row_block_keys(mask, s.q_offset + r0, s.q_offset + r1, s.n_k).any;
+      const index_t nt = any.end > any.begin ? ceil_div(any.end, tile_k) - any.begin / tile_k : 0;
+      tile_cost[static_cast<size_t>(t)] = std::max<index_t>(1, nt) * (r1 - r0);
+    }
+    for (index_t g = 0; g < s.kv_heads; ++g)
+      for (index_t h0 = g * s.group; h0 < (g + 1) * s.group; h0 += heads)
+        for (index_t t0 = 0; t0 < q_tiles; t0 += tiles) {
+          const index_t h1 = std::min((g + 1) * s.group, h0 + heads), t1 = std::min(q_tiles, t0 + tiles);
+          index_t cost = 0;
+          for (index_t t = t0; t < t1; ++t) cost += tile_cost[static_cast<size_t>(t)];
+          tasks.push_back({p, g, h0, h1, t0, t1, 0, all_tiles, none, none, cost * (h1 - h0)});
+        }
   }
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
   std::vector<float> scratch(static_cast<size_t>(scratch_size));
@@ -133,28 +166,37 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
     const Task& task = tasks[static_cast<size_t>(i)];
     const Problem<T, KV, Mask>& pr = problems[task.problem];
     const AttentionShape& s = pr.shape;
-    TileRow<T> rows[max_q_tiles * tile_q];
+    // Up to max_q_tiles full tiles of rows: on the heap, not the caller's
+    // thread stack, and reused by this thread's later tasks.
+    static thread_local std::vector<TileRow<T>> rows(static_cast<size_t>(max_q_tiles * tile_q));
+    TileSpan spans[max_q_tiles];
     if (task.merge == none && s.n_q * s.group > tile_q) {
-      const index_t h = task.head;
-      index_t n = 0;
-      for (index_t t = task.row0; t < task.row1; ++t)
-        rows[n++] = {pr.q.row(t, h), pr.out.row(t, h), pr.lse ? pr.lse + h * s.n_q + t : nullptr, s.q_offset + t};
-      attend_rows<S>(rows, n, 1, pr.kv, h / s.group, *pr.mask, s.n_k, s.dim, s.scale, task.tile_begin,
-                     task.tile_end, nullptr);
+      index_t n = 0, n_tiles = 0;
+      for (index_t h = task.head_begin; h < task.head_end; ++h)
+        for (index_t t = task.tile_begin; t < task.tile_end; ++t) {
+          const index_t r0 = t * tile_q, r1 = std::min(s.n_q, r0 + tile_q);
+          spans[n_tiles++] = {n, r1 - r0};
+          for (index_t r = r0; r < r1; ++r)
+            rows[static_cast<size_t>(n++)] = {pr.q.row(r, h), pr.out.row(r, h),
+                                              pr.lse ? pr.lse + h * s.n_q + r : nullptr, s.q_offset + r};
+        }
+      attend_rows<S>(rows.data(), spans, n_tiles, 1, pr.kv, task.kv_head, *pr.mask, s.n_k, s.dim, s.scale,
+                     task.key_begin, task.key_end, nullptr);
       return;
     }
-    const index_t n = grouped_rows(pr, task.head, rows);
+    const index_t n = grouped_rows(pr, task.kv_head, rows.data());
+    spans[0] = {0, n};
     if (task.merge == none) {
-      attend_rows<S>(rows, n, s.group, pr.kv, task.head, *pr.mask, s.n_k, s.dim, s.scale, task.tile_begin,
-                     task.tile_end, nullptr);
+      attend_rows<S>(rows.data(), spans, 1, s.group, pr.kv, task.kv_head, *pr.mask, s.n_k, s.dim, s.scale,
+                     task.key_begin, task.key_end, nullptr);
       return;
     }
     const MergeJob& mj = merges[static_cast<size_t>(task.merge)];
     float* base = scratch.data() + mj.offset;
     const PartialState st{base + task.chunk * n * s.dim, base + mj.chunks * n * s.dim + task.chunk * n,
                           base + mj.chunks * n * (s.dim + 1) + task.chunk * n};
-    attend_rows<S>(rows, n, s.group, pr.kv, task.head, *pr.mask, s.n_k, s.dim, s.scale, task.tile_begin,
-                   task.tile_end, &st);
+    attend_rows<S>(rows.data(), spans, 1, s.group, pr.kv, task.kv_head, *pr.mask, s.n_k, s.dim, s.scale,
+                   task.key_begin, task.key_end, &st);
   });
 
   parallel_for(opt, static_cast<index_t>(merges.size()), [&](index_t i) {

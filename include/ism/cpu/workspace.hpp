@@ -2,6 +2,7 @@
 // Per-thread scratch of the fused kernel: O(tile) floats, never O(N^2).
 // One Workspace per thread (thread_local), grown on demand and reused across
 // calls, so steady-state attention allocates nothing.
+#include <algorithm>
 #include <cstddef>
 #include <memory>
 #include <new>
@@ -25,9 +26,11 @@ inline AlignedBuffer aligned_floats(index_t n) {
                                                              std::align_val_t(64))));
 }
 
-// Query tiles that share one packed key tile (each key tile is read from the
-// cache once per group instead of once per query tile).
-inline constexpr index_t max_q_tiles = 4;
+// Most query tiles that share one packed key tile. The planner (run.hpp) picks
+// how many a task really uses, from the cache footprint and the parallelism it
+// needs; each key tile is packed from the cache once per task, so bigger groups
+// read the (strided, poorly prefetched) K/V rows fewer times.
+inline constexpr index_t max_q_tiles = 16;
 
 // The buffers one (query tile, key tile) step works on, for a padded head dim
 // dp (dim rounded up to the vector width):
@@ -43,20 +46,31 @@ struct TileBuffers {
   float *kp = nullptr, *vp = nullptr, *st = nullptr;
 };
 
-// Owns the buffers of max_q_tiles query tiles and one key tile.
+// Bytes of the per-query-tile buffers at padded dim dp: what a group of query
+// tiles keeps hot in cache while key tiles stream past it.
+inline constexpr index_t q_tile_bytes(index_t dp) { return (2 * dp * tile_q + 5 * tile_q) * index_t(sizeof(float)); }
+
+// Owns the buffers of up to max_q_tiles query tiles and one key tile, plus the
+// absolute key bounds of every row of those tiles.
 class Workspace {
  public:
-  void reserve(index_t padded_dim) {
+  void reserve(index_t padded_dim, index_t q_tiles) {
     dp_ = padded_dim;
-    if (padded_dim <= capacity_dp_) return;
-    capacity_dp_ = padded_dim;
-    buffer_ = aligned_floats(max_q_tiles * per_q_tile(padded_dim) + 2 * tile_k * padded_dim + tile_k * tile_q);
+    if (padded_dim <= capacity_dp_ && q_tiles <= capacity_tiles_) return;
+    capacity_dp_ = std::max(capacity_dp_, padded_dim);
+    capacity_tiles_ = std::max(capacity_tiles_, q_tiles);
+    buffer_ = aligned_floats(shared_floats(capacity_dp_) + capacity_tiles_ * per_q_tile(capacity_dp_));
+    bounds_.reset(new index_t[static_cast<std::size_t>(2 * capacity_tiles_ * tile_q)]);
   }
-  // Buffers of query tile s (0 <= s < max_q_tiles) and the shared key tile.
+  // Buffers of query tile s (0 <= s < the reserved q_tiles) and the shared key tile.
   TileBuffers tile(index_t s) const {
     TileBuffers b;
     b.dp = dp_;
-    float* p = buffer_.get() + s * per_q_tile(dp_);
+    float* p = buffer_.get();
+    b.kp = p; p += tile_k * dp_;
+    b.vp = p; p += tile_k * dp_;
+    b.st = p;
+    p = buffer_.get() + shared_floats(dp_) + s * per_q_tile(dp_);
     b.qt = p; p += dp_ * tile_q;
     b.o = p;  p += tile_q * dp_;
     b.m = p;  p += tile_q;
@@ -64,23 +78,24 @@ class Workspace {
     b.alpha = p; p += tile_q;
     b.lo = p; p += tile_q;
     b.hi = p;
-    float* shared = buffer_.get() + max_q_tiles * per_q_tile(dp_);
-    b.kp = shared;
-    b.vp = shared + tile_k * dp_;
-    b.st = shared + 2 * tile_k * dp_;
     return b;
   }
+  // Absolute visible-key bounds [lo, hi) of row r of the group.
+  index_t* row_lo() const { return bounds_.get(); }
+  index_t* row_hi() const { return bounds_.get() + capacity_tiles_ * tile_q; }
 
  private:
-  // A multiple of 16 floats, so every buffer starts 64-byte aligned.
-  static index_t per_q_tile(index_t dp) { return 2 * dp * tile_q + 5 * tile_q; }
-  index_t dp_ = 0, capacity_dp_ = 0;
+  // Multiples of 16 floats, so every buffer starts 64-byte aligned.
+  static index_t per_q_tile(index_t dp) { return q_tile_bytes(dp) / index_t(sizeof(float)); }
+  static index_t shared_floats(index_t dp) { return 2 * tile_k * dp + tile_k * tile_q; }
+  index_t dp_ = 0, capacity_dp_ = 0, capacity_tiles_ = 0;
   AlignedBuffer buffer_;
+  std::unique_ptr<index_t[]> bounds_;
 };
 
-inline Workspace& thread_workspace(index_t padded_dim) {
+inline Workspace& thread_workspace(index_t padded_dim, index_t q_tiles) {
   static thread_local Workspace ws;
-  ws.reserve(padded_dim);
+  ws.reserve(padded_dim, q_tiles);
   return ws;
 }
 

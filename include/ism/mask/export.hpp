@@ -195,10 +195,8 @@ QueryKvRanges query_kv_ranges(const Mask& mask, index_t n_q, index_t n_k, index_
   out.kv_begin.reserve(rows.size());
   out.kv_end.reserve(rows.size());
   for (const KeyRange& k : rows) {
-    // row_bounds may report an empty row at a position past n_k; clamp it.
-    const index_t b = k.empty() ? std::min(k.begin, n_k) : k.begin;
-    out.kv_begin.push_back(static_cast<std::int32_t>(b));
-    out.kv_end.push_back(static_cast<std::int32_t>(k.empty() ? b : k.end));
+    out.kv_begin.push_back(static_cast<std::int32_t>(k.begin));
+    out.kv_end.push_back(static_cast<std::int32_t>(k.end));
   }
   return out;
 }

@@ -23,9 +23,14 @@ inline const char* to_string(TileKind t) {
 }
 
 // Keys visible to absolute query row q when the cache holds keys [0, n_k).
+// The result always lies inside [0, n_k], even when empty: a row whose keys
+// all lie past the cache is reported as [n_k, n_k), so the union of rows'
+// ranges (tile visits, key chunks) never reaches past the cache.
 template <class Mask>
 ISM_HOST_DEVICE KeyRange visible_keys(const Mask& mask, index_t q, index_t n_k) {
-  return intersect(mask.keys(q), KeyRange{0, n_k});
+  KeyRange r = intersect(mask.keys(q), KeyRange{0, n_k});
+  if (r.begin > n_k) r.begin = r.end = n_k;
+  return r;
 }
 
 // Rows and keys in absolute positions; q0 < q1, k0 < k1 <= n_k.
