@@ -114,6 +114,36 @@ TEST(CpuKernel, SelectedInstructionSet) {
   std::printf("SIMD path: %s, width %d\n", ISM_SIMD_NAME, ism::cpu::simd::Native::width);
 }
 
+// The vocabulary's exp2, which every softmax weight goes through: within 2
+// ulp of libm where the result is normal, exactly 0 below -126.5 (masked
+// scores are -infinity and must weigh exactly nothing), NaN for NaN.
+TEST(CpuKernel, Exp2MatchesLibm) {
+  using S = ism::cpu::simd::Native;
+  constexpr int W = S::width;
+  std::vector<float> xs{-std::numeric_limits<float>::infinity(), -1e30f, -200.f, -127.f, -126.75f, -126.5001f,
+                        -126.f, -125.5f, -100.f, -1.f, -0.5f, -1e-7f, 0.f, 1e-7f, 0.5f, 1.f, 100.f, 126.9f};
+  for (int i = 0; i <= 200000; ++i) xs.push_back(-126.f + 252.f * float(i) / 200000.f);
+  while (xs.size() % W) xs.push_back(0.f);
+  alignas(64) float in[W], out[W];
+  for (size_t b = 0; b < xs.size(); b += W) {
+    for (int l = 0; l < W; ++l) in[l] = xs[b + size_t(l)];
+    S::store(out, S::exp2(S::load(in)));
+    for (int l = 0; l < W; ++l) {
+      const float x = in[l], y = out[l];
+      if (x < -126.5f) {
+        ASSERT_EQ(y, 0.f) << "exp2(" << x << ")";
+        ASSERT_FALSE(std::signbit(y)) << "exp2(" << x << ")";
+      } else if (x >= -126.f) {
+        const double want = std::exp2(double(x));
+        ASSERT_LE(std::abs(double(y) - want), 2.0 * std::ldexp(1.0, std::ilogb(want) - 23)) << "exp2(" << x << ")";
+      }
+    }
+  }
+  for (int l = 0; l < W; ++l) in[l] = std::numeric_limits<float>::quiet_NaN();
+  S::store(out, S::exp2(S::load(in)));
+  for (int l = 0; l < W; ++l) EXPECT_TRUE(std::isnan(out[l]));
+}
+
 // Every mask kind, random sizes from the sets, fp32.
 TEST(CpuKernel, Fp32MatchesReferenceOnEveryMaskKind) {
   ISM_SEEDED_TEST_BODY(seed);

@@ -14,6 +14,9 @@
 //
 // K and V are read only through the KV source's key(t, h) / value(t, h) row
 // pointers while packing a key tile, so contiguous and paged caches share it.
+// Cache rows are typically 4 KB apart (token-major [t, h, d]), which defeats
+// the hardware prefetcher: the next key tile's rows are software-prefetched a
+// few at a time during the current tile's arithmetic (TileBuffers::prefetch).
 // The mask type is a template parameter, but the arithmetic (tile_ops.hpp) is
 // compiled once per head-dim class, independent of mask and element type.
 #include <atomic>
@@ -160,6 +163,7 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
   }
 
   const TileBuffers shared = ws.tile(0);
+  const char* next_rows[2 * tile_k];
   for (index_t c = c_first; c < c_last; ++c) {
     const index_t k0 = c * tile_k, k1 = std::min(n_k, k0 + tile_k), nk = k1 - k0;
     for (index_t j = 0; j < nk; ++j) {
@@ -169,10 +173,23 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
     // Key rows up to the score block's multiple are computed, never used.
     const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
     for (index_t i = nk * dp; i < nk_pad * dp; ++i) shared.kp[i] = 0.f;
+    // The next key tile's cache rows, spread over this key tile's steps.
+    index_t n_pf = 0, active = 0, pf_given = 0, step = 0;
+    if (c + 1 < c_last)
+      for (index_t t = k1; t < std::min(n_k, k1 + tile_k); ++t) {
+        next_rows[n_pf++] = reinterpret_cast<const char*>(kv.key(t, kv_head));
+        next_rows[n_pf++] = reinterpret_cast<const char*>(kv.value(t, kv_head));
+      }
+    for (index_t s = 0; s < n_tiles; ++s) active += c >= tiles[s].c_begin && c < tiles[s].c_end;
     for (index_t s = 0; s < n_tiles; ++s) {
       QTile& qt = tiles[s];
       if (c < qt.c_begin || c >= qt.c_end) continue;  // Empty for this query tile
       if (detail::visited_tiles) detail::visited_tiles->fetch_add(heads, std::memory_order_relaxed);
+      const index_t pf_upto = n_pf * ++step / active;
+      qt.b.prefetch = next_rows + pf_given;
+      qt.b.n_prefetch = pf_upto - pf_given;
+      qt.b.prefetch_bytes = dim * index_t(sizeof(T));
+      pf_given = pf_upto;
       if (qt.all.begin <= k0 && k1 <= qt.all.end) {
         fns.full(qt.b, qt.n, nk);
         continue;

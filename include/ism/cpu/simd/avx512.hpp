@@ -48,15 +48,16 @@ struct Avx512 {
 
   static V exp2(V x) {
     namespace c = exp2_poly;
-    // min/max return their second operand when one is NaN: x goes second so a
-    // NaN argument stays NaN (a NaN score must poison its row, not vanish).
-    x = _mm512_maskz_min_ps(avx512_detail::all, set1(c::max_arg), max(set1(c::min_arg), x));
+    // min returns its second operand when one is NaN: x goes second so a NaN
+    // argument stays NaN (a NaN score must poison its row, not vanish).
+    x = _mm512_maskz_min_ps(avx512_detail::all, set1(c::max_arg), x);
+    // Below min_arg + 1/2 the result is exactly 0, as in the other paths
+    // (where n = min_arg makes 2^n's bits 0): masked scores are -inf. "Not
+    // less than" is true for NaN, which must go through.
+    const __mmask16 keep = _mm512_cmp_ps_mask(x, set1(c::min_arg + 0.5f), _CMP_NLT_UQ);
     const V n = _mm512_maskz_roundscale_ps(avx512_detail::all, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const V f = _mm512_sub_ps(x, n);
-    const V p = c::polynomial<Avx512>(f);
-    const __m512i e = _mm512_add_epi32(_mm512_maskz_cvtps_epi32(avx512_detail::all, n), _mm512_set1_epi32(127));
-    const __m512i bits = _mm512_maskz_slli_epi32(avx512_detail::all, e, 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+    // p * 2^n in one instruction (VSCALEFPS), in place of building 2^n's bits.
+    return _mm512_maskz_scalef_ps(keep, c::polynomial<Avx512>(_mm512_sub_ps(x, n)), n);
   }
 
   static V load(const Eigen::bfloat16* p) {
