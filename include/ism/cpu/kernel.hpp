@@ -118,19 +118,20 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
     index_t r0, n, nv;      // rows [r0, r0 + n), in nv vectors
     KeyRange any, all;      // keys some row sees / every row sees
     index_t c_begin, c_end; // key tiles to visit
+    bool ready, done;       // Q^T packed / output written
     TileBuffers b;
   };
   QTile tiles[max_q_tiles];
   index_t* const lo = ws.row_lo();
   index_t* const hi = ws.row_hi();
   index_t c_first = tile_end, c_last = tile_begin;
-  const float qscale = scale * 1.4426950408889634f;  // log2(e): scores in log2 units
   for (index_t s = 0; s < n_tiles; ++s) {
     QTile& qt = tiles[s];
     qt.r0 = spans[s].r0;
     qt.n = spans[s].n;
     qt.nv = (qt.n + W - 1) / W;
     qt.b = ws.tile(s);
+    qt.ready = qt.done = false;
     qt.any = {n_k, 0};
     qt.all = {0, n_k};
     for (index_t i = 0; i < qt.n; ++i) {
@@ -146,6 +147,13 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
       c_first = std::min(c_first, qt.c_begin);
       c_last = std::max(c_last, qt.c_end);
     }
+  }
+
+  // A query tile is packed just before its first step and written out right
+  // after its last, so reading its Q rows and writing its output rows (cache
+  // misses when rows are 4 KB apart) can be prefetched during other steps.
+  const float qscale = scale * 1.4426950408889634f;  // log2(e): scores in log2 units
+  auto prepare = [&](QTile& qt) {
     // Q^T, pre-scaled; padding lanes and dims are 0.
     float* qtr = qt.b.qt;
     for (index_t i = 0; i < qt.n; ++i) {
@@ -160,53 +168,10 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
       qt.b.l[i] = 0.f;
     }
     for (index_t i = 0; i < qt.n * dp; ++i) qt.b.o[i] = 0.f;
-  }
-
-  const TileBuffers shared = ws.tile(0);
-  const char* next_rows[2 * tile_k];
-  for (index_t c = c_first; c < c_last; ++c) {
-    const index_t k0 = c * tile_k, k1 = std::min(n_k, k0 + tile_k), nk = k1 - k0;
-    for (index_t j = 0; j < nk; ++j) {
-      load_row<S>(kv.key(k0 + j, kv_head), shared.kp + j * dp, dim, dp);
-      load_row<S>(kv.value(k0 + j, kv_head), shared.vp + j * dp, dim, dp);
-    }
-    // Key rows up to the score block's multiple are computed, never used.
-    const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
-    for (index_t i = nk * dp; i < nk_pad * dp; ++i) shared.kp[i] = 0.f;
-    // The next key tile's cache rows, spread over this key tile's steps.
-    index_t n_pf = 0, active = 0, pf_given = 0, step = 0;
-    if (c + 1 < c_last)
-      for (index_t t = k1; t < std::min(n_k, k1 + tile_k); ++t) {
-        next_rows[n_pf++] = reinterpret_cast<const char*>(kv.key(t, kv_head));
-        next_rows[n_pf++] = reinterpret_cast<const char*>(kv.value(t, kv_head));
-      }
-    for (index_t s = 0; s < n_tiles; ++s) active += c >= tiles[s].c_begin && c < tiles[s].c_end;
-    for (index_t s = 0; s < n_tiles; ++s) {
-      QTile& qt = tiles[s];
-      if (c < qt.c_begin || c >= qt.c_end) continue;  // Empty for this query tile
-      if (detail::visited_tiles) detail::visited_tiles->fetch_add(heads, std::memory_order_relaxed);
-      const index_t pf_upto = n_pf * ++step / active;
-      qt.b.prefetch = next_rows + pf_given;
-      qt.b.n_prefetch = pf_upto - pf_given;
-      qt.b.prefetch_bytes = dim * index_t(sizeof(T));
-      pf_given = pf_upto;
-      if (qt.all.begin <= k0 && k1 <= qt.all.end) {
-        fns.full(qt.b, qt.n, nk);
-        continue;
-      }
-      // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact in
-      // float whatever the absolute positions are. Padding lanes see nothing.
-      for (index_t i = 0; i < qt.nv * W; ++i) {
-        const index_t a = i < qt.n ? lo[s * tile_q + i] - k0 : 0, b = i < qt.n ? hi[s * tile_q + i] - k0 : 0;
-        qt.b.lo[i] = static_cast<float>(std::clamp<index_t>(a, -1, tile_k + 1));
-        qt.b.hi[i] = static_cast<float>(std::clamp<index_t>(b, -1, tile_k + 1));
-      }
-      fns.partial(qt.b, qt.n, nk);
-    }
-  }
-
-  for (index_t s = 0; s < n_tiles; ++s) {
-    const QTile& qt = tiles[s];
+    qt.ready = true;
+  };
+  auto finish = [&](QTile& qt) {
+    qt.done = true;
     if (partial) {
       for (index_t i = 0; i < qt.n; ++i) {
         const index_t r = qt.r0 + i;
@@ -214,7 +179,7 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
         partial->m[r] = qt.b.m[i];
         partial->l[r] = qt.b.l[i];
       }
-      continue;
+      return;
     }
     // l == 0 means the row saw no key: output 0, LSE -inf (never 0/0). A NaN
     // l (a NaN score) is not "no key": it makes the row NaN, as it should.
@@ -231,7 +196,75 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
         *rows[qt.r0 + i].lse = l == 0.f ? -std::numeric_limits<float>::infinity()
                                         : (qt.b.m[i] + std::log2(l)) * 0.6931471805599453f;
     }
+  };
+
+  const TileBuffers shared = ws.tile(0);
+  // Rows to prefetch during one step: reads first (K/V of the next key tile,
+  // Q of the next query tile to pack), then the step's own output rows.
+  const char* ahead[2 * tile_k + 2 * tile_q];
+  index_t active[max_q_tiles];
+  const index_t row_bytes = dim * index_t(sizeof(T));
+  for (index_t c = c_first; c < c_last; ++c) {
+    const index_t k0 = c * tile_k, k1 = std::min(n_k, k0 + tile_k), nk = k1 - k0;
+    for (index_t j = 0; j < nk; ++j) {
+      load_row<S>(kv.key(k0 + j, kv_head), shared.kp + j * dp, dim, dp);
+      load_row<S>(kv.value(k0 + j, kv_head), shared.vp + j * dp, dim, dp);
+    }
+    // Key rows up to the score block's multiple are computed, never used.
+    const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
+    for (index_t i = nk * dp; i < nk_pad * dp; ++i) shared.kp[i] = 0.f;
+
+    index_t n_active = 0;
+    for (index_t s = 0; s < n_tiles; ++s)
+      if (c >= tiles[s].c_begin && c < tiles[s].c_end) active[n_active++] = s;
+    // The next key tile's cache rows, spread over this key tile's steps.
+    const char* next_kv[2 * tile_k];
+    index_t n_kv = 0, kv_given = 0;
+    if (c + 1 < c_last)
+      for (index_t t = k1; t < std::min(n_k, k1 + tile_k); ++t) {
+        next_kv[n_kv++] = reinterpret_cast<const char*>(kv.key(t, kv_head));
+        next_kv[n_kv++] = reinterpret_cast<const char*>(kv.value(t, kv_head));
+      }
+    for (index_t a = 0; a < n_active; ++a) {
+      QTile& qt = tiles[active[a]];
+      if (detail::visited_tiles) detail::visited_tiles->fetch_add(heads, std::memory_order_relaxed);
+      if (!qt.ready) prepare(qt);
+      index_t n = 0;
+      for (const index_t upto = n_kv * (a + 1) / n_active; kv_given < upto;) ahead[n++] = next_kv[kv_given++];
+      if (a + 1 < n_active && !tiles[active[a + 1]].ready) {
+        const QTile& next = tiles[active[a + 1]];
+        for (index_t i = 0; i < next.n; ++i) ahead[n++] = reinterpret_cast<const char*>(rows[next.r0 + i].q);
+      }
+      const index_t n_read = n;
+      const bool last = c + 1 == qt.c_end;
+      if (last && !partial)
+        for (index_t i = 0; i < qt.n; ++i) ahead[n++] = reinterpret_cast<const char*>(rows[qt.r0 + i].out);
+      qt.b.prefetch = ahead;
+      qt.b.n_prefetch = n;
+      qt.b.n_prefetch_read = n_read;
+      qt.b.prefetch_bytes = row_bytes;
+      if (qt.all.begin <= k0 && k1 <= qt.all.end) {
+        fns.full(qt.b, qt.n, nk);
+      } else {
+        // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact in
+        // float whatever the absolute positions are. Padding lanes see nothing.
+        const index_t s = active[a];
+        for (index_t i = 0; i < qt.nv * W; ++i) {
+          const index_t lo_i = i < qt.n ? lo[s * tile_q + i] - k0 : 0, hi_i = i < qt.n ? hi[s * tile_q + i] - k0 : 0;
+          qt.b.lo[i] = static_cast<float>(std::clamp<index_t>(lo_i, -1, tile_k + 1));
+          qt.b.hi[i] = static_cast<float>(std::clamp<index_t>(hi_i, -1, tile_k + 1));
+        }
+        fns.partial(qt.b, qt.n, nk);
+      }
+      if (last) finish(qt);
+    }
   }
+  // Tiles whose rows see no key at all.
+  for (index_t s = 0; s < n_tiles; ++s)
+    if (!tiles[s].done) {
+      prepare(tiles[s]);
+      finish(tiles[s]);
+    }
 }
 
 }  // inline namespace ISM_SIMD_NAMESPACE

@@ -107,8 +107,14 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
   const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
   index_t pf_done = 0;
   for (index_t j0 = 0; j0 < nk_pad; j0 += S::s_keys) {
-    for (const index_t upto = ws.n_prefetch * (j0 + S::s_keys) / nk_pad; pf_done < upto; ++pf_done)
-      for (index_t b = 0; b < ws.prefetch_bytes; b += 64) __builtin_prefetch(ws.prefetch[pf_done] + b, 0, 2);
+    for (const index_t upto = ws.n_prefetch * (j0 + S::s_keys) / nk_pad; pf_done < upto; ++pf_done) {
+      const char* row = ws.prefetch[pf_done];
+      if (pf_done < ws.n_prefetch_read) {
+        for (index_t b = 0; b < ws.prefetch_bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
+      } else {
+        for (index_t b = 0; b < ws.prefetch_bytes; b += 64) __builtin_prefetch(row + b, 1, 2);
+      }
+    }
     for (index_t iv0 = 0; iv0 < nv; iv0 += S::s_vecs) {
       const int ib = static_cast<int>(nv - iv0 < S::s_vecs ? nv - iv0 : S::s_vecs);
       with_block<S::s_vecs>(ib, [&](auto IB) {

@@ -44,11 +44,13 @@ struct TileBuffers {
   index_t dp = 0;
   float *qt = nullptr, *o = nullptr, *m = nullptr, *l = nullptr, *alpha = nullptr, *lo = nullptr, *hi = nullptr;
   float *kp = nullptr, *vp = nullptr, *st = nullptr;
-  // Cache rows the tile loop will pack next (K/V rows of the next key tile):
-  // the step prefetches them a few at a time between its multiply blocks, so
-  // their memory latency overlaps arithmetic instead of stalling the pack.
+  // Cache rows the tile loop will touch soon (K/V rows of the next key tile,
+  // Q rows of the next query tile, this tile's output rows): the step
+  // prefetches them a few at a time between its multiply blocks, so their
+  // memory latency overlaps arithmetic. Rows [0, n_prefetch_read) are read,
+  // the rest written; each is prefetch_bytes long.
   const char* const* prefetch = nullptr;
-  index_t n_prefetch = 0, prefetch_bytes = 0;
+  index_t n_prefetch = 0, n_prefetch_read = 0, prefetch_bytes = 0;
 };
 
 // Bytes of the per-query-tile buffers at padded dim dp: what a group of query
