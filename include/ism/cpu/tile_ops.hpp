@@ -92,6 +92,18 @@ inline void with_block(int n, F&& f) {
   }
 }
 
+// Issues the prefetches for rows [done, upto) of ws.prefetch and advances done.
+inline void prefetch_rows(const TileBuffers& ws, index_t& done, index_t upto) {
+  for (; done < upto; ++done) {
+    const char* row = ws.prefetch[done];
+    if (done < ws.n_prefetch_read) {
+      for (index_t b = 0; b < ws.prefetch_bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
+    } else {
+      for (index_t b = 0; b < ws.prefetch_bytes; b += 64) __builtin_prefetch(row + b, 1, 2);
+    }
+  }
+}
+
 // One key tile against the packed query tile: nrows real rows (nv = row
 // vectors covering them), nk real keys, kp holding nk rows plus zero rows up to
 // a multiple of S::s_keys. DP > 0 makes the padded dim a compile-time constant
@@ -105,16 +117,13 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
 
   // 1. Scores: st[j][i] = q_i . k_j (log2 units).
   const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
+  // Half the prefetch rows go out during the score blocks, half during the
+  // output blocks: a few at a time, so they never fill the miss buffers the
+  // arithmetic's own loads need.
+  const index_t pf_half = ws.n_prefetch / 2;
   index_t pf_done = 0;
   for (index_t j0 = 0; j0 < nk_pad; j0 += S::s_keys) {
-    for (const index_t upto = ws.n_prefetch * (j0 + S::s_keys) / nk_pad; pf_done < upto; ++pf_done) {
-      const char* row = ws.prefetch[pf_done];
-      if (pf_done < ws.n_prefetch_read) {
-        for (index_t b = 0; b < ws.prefetch_bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
-      } else {
-        for (index_t b = 0; b < ws.prefetch_bytes; b += 64) __builtin_prefetch(row + b, 1, 2);
-      }
-    }
+    prefetch_rows(ws, pf_done, pf_half * (j0 + S::s_keys) / nk_pad);
     for (index_t iv0 = 0; iv0 < nv; iv0 += S::s_vecs) {
       const int ib = static_cast<int>(nv - iv0 < S::s_vecs ? nv - iv0 : S::s_vecs);
       with_block<S::s_vecs>(ib, [&](auto IB) {
@@ -172,6 +181,7 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
   };
   for (index_t i0 = 0; i0 < nrows; i0 += S::o_rows) {
     const int ir = static_cast<int>(nrows - i0 < S::o_rows ? nrows - i0 : S::o_rows);
+    prefetch_rows(ws, pf_done, pf_half + (ws.n_prefetch - pf_half) * (i0 + ir) / nrows);
     if constexpr (!Partial) {
       rows_times_v(i0, ir, ws.alpha + i0, 0, nk);
     } else {
