@@ -30,9 +30,11 @@ inline namespace ISM_SIMD_NAMESPACE {
 #endif
 
 // st[j0.., iv0..] = Qt[:, iv0..]^T . Kp[j0.., :] for IB row vectors x JB keys,
-// accumulators in registers across the whole dim loop.
+// accumulators in registers across the whole dim loop. With rowmax non-null
+// each row's running maximum there also takes in the new scores, which saves
+// the softmax a pass over them.
 template <class S, int IB, int JB>
-inline void score_block(const float* qt, const float* kp, float* st, index_t dp) {
+inline void score_block(const float* qt, const float* kp, float* st, index_t dp, float* rowmax) {
   using V = typename S::V;
   constexpr int W = S::width;
   V acc[JB][IB];
@@ -47,6 +49,13 @@ inline void score_block(const float* qt, const float* kp, float* st, index_t dp)
   }
   ISM_UNROLL for (int jb = 0; jb < JB; ++jb) ISM_UNROLL for (int ib = 0; ib < IB; ++ib)
     S::store(st + jb * tile_q + ib * W, acc[jb][ib]);
+  if (rowmax) {
+    ISM_UNROLL for (int ib = 0; ib < IB; ++ib) {
+      V m = S::load(rowmax + ib * W);
+      ISM_UNROLL for (int jb = 0; jb < JB; ++jb) m = S::max(m, acc[jb][ib]);
+      S::store(rowmax + ib * W, m);
+    }
+  }
 }
 
 // o[i0.., dv0..] = alpha[i] * o + sum_{j in [j0, j1)} st[j][i] * vp[j][dv0..]
@@ -122,13 +131,18 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
   // arithmetic's own loads need.
   const index_t pf_half = ws.n_prefetch / 2;
   index_t pf_done = 0;
+  // A Full tile without padding keys takes each row's max while scoring,
+  // starting from the running max; alpha holds it until step 2 needs alpha.
+  const bool max_in_scores = !Partial && nk == nk_pad;
+  if (max_in_scores) std::copy(ws.m, ws.m + nv * W, ws.alpha);
   for (index_t j0 = 0; j0 < nk_pad; j0 += S::s_keys) {
     prefetch_rows(ws, pf_done, pf_half * (j0 + S::s_keys) / nk_pad);
     for (index_t iv0 = 0; iv0 < nv; iv0 += S::s_vecs) {
       const int ib = static_cast<int>(nv - iv0 < S::s_vecs ? nv - iv0 : S::s_vecs);
       with_block<S::s_vecs>(ib, [&](auto IB) {
         score_block<S, decltype(IB)::value, S::s_keys>(ws.qt + iv0 * W, ws.kp + j0 * dp,
-                                                       ws.st + j0 * tile_q + iv0 * W, dp);
+                                                       ws.st + j0 * tile_q + iv0 * W, dp,
+                                                       max_in_scores ? ws.alpha + iv0 * W : nullptr);
       });
     }
   }
@@ -150,6 +164,8 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
         S::store(col + j * tile_q, s);
         mx = S::max(mx, s);
       }
+    } else if (max_in_scores) {
+      mx = S::load(ws.alpha + iv * W);
     } else {
       for (index_t j = 0; j < nk; ++j) mx = S::max(mx, S::load(col + j * tile_q));
     }
@@ -169,6 +185,9 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
   // 3. o = alpha * o + P V over the dim vectors, a block of rows at a time.
   const index_t dv = dp / W;
   auto rows_times_v = [&](index_t i0, int ir, const float* alpha, index_t j0, index_t j1) {
+    // Rescaling by exactly 1 changes nothing; once a row has seen a few key
+    // tiles its max rarely moves, so most blocks skip the multiply.
+    if (alpha && std::all_of(alpha, alpha + ir, [](float a) { return a == 1.f; })) alpha = nullptr;
     with_block<S::o_rows>(ir, [&](auto IR) {
       for (index_t v0 = 0; v0 < dv; v0 += S::o_vecs) {
         const int ov = static_cast<int>(dv - v0 < S::o_vecs ? dv - v0 : S::o_vecs);
