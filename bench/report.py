@@ -127,7 +127,10 @@ def run_binary(build, json_dir, tag, binary, flt, reps, min_time, env):
     cmd = [exe, f"--benchmark_filter={flt}", f"--benchmark_min_time={min_time}",
            f"--benchmark_repetitions={reps}", f"--benchmark_out={out}", "--benchmark_out_format=json"]
     if reps > 1:
-        cmd.append("--benchmark_report_aggregates_only=true")
+        # Repetitions of all cases run in random order, so a slow spell of a
+        # shared machine lands on every case alike instead of on whichever
+        # case was running: the ratios between cases are what we report.
+        cmd += ["--benchmark_report_aggregates_only=true", "--benchmark_enable_random_interleaving=true"]
     full_env = dict(os.environ, **env)
     prefix = " ".join(f"{k}={v}" for k, v in env.items())
     print(f"== {tag}: {prefix} {binary}", flush=True)
@@ -713,7 +716,7 @@ def render(build, json_dir, meta):
         md.append("**Note:** the load average shows other work running on this 2-core machine during the run "
                   "(other builds); absolute times are pessimistic and 2-thread numbers suffer most. Ratios within "
                   "one table are more reliable than absolute numbers.\n\n")
-    md.append("Times are medians of the repetitions (wall clock). Useful GFLOP/s = 4 x dim x visible (query, key) "
+    md.append("Times are medians of the repetitions (wall clock), which run in random order across the cases of a binary so that a slow spell of the machine is shared by all of them. Useful GFLOP/s = 4 x dim x visible (query, key) "
               "pairs x heads / time: masked-out pairs count for nothing, so skipping them is the only way to gain "
               "from a mask. Debian's Google Benchmark library prints \"built as DEBUG\"; that concerns the "
               "harness library, not the code measured.\n\n")
@@ -785,7 +788,7 @@ def main():
             run_binary(build, json_dir, tag, binary, flt, reps, min_time, env)
         if os.path.exists(os.path.join(build, "bench", "kernel_bench")):
             # The kernel's own acceptance set, against OpenBLAS's AVX-512 kernels.
-            run_binary(build, json_dir, "kernel", "kernel_bench", ".", 1 if args.quick else 3, 0.1,
+            run_binary(build, json_dir, "kernel", "kernel_bench", ".", 1 if args.quick else 5, 0.1,
                        {"OPENBLAS_CORETYPE": "SkylakeX"})
         meta["load_after"] = load_average()
         with open(meta_path, "w") as f:
