@@ -96,23 +96,35 @@ inline void load_row(const T* src, float* dst, index_t dim, index_t dp) {
 // which tiles a task groups together, nor on the thread count.
 struct TileSpan {
   index_t r0, n;
+  index_t kv;  // the KV head its rows read
 };
 
 // Runs the query tiles spans[0, n_tiles) (n_tiles <= max_q_tiles) against key
-// tiles [tile_begin, tile_end) (clipped to what the rows see); the tiles share
-// each packed key tile. `heads` is how many query heads one tile's rows span,
-// for the visit counter. With `partial` null the output and LSE are final;
-// otherwise row r's unnormalised state goes to partial at index r.
+// tiles [tile_begin, tile_end) (clipped to what the rows see). Each key tile is
+// packed once per KV head the tiles read (a prefill task has one; a decode
+// task one per tile), reading the cache token by token across those heads,
+// and shared by every query tile of that head. `heads` is how many query
+// heads one tile's rows span, for the visit counter. With `partial` null the
+// output and LSE are final; otherwise row r's unnormalised state goes to
+// partial at index r.
 template <class S, class T, class KV, class Mask>
 void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles, index_t heads, const KV& kv,
-                 index_t kv_head, const Mask& mask, index_t n_k, index_t dim, float scale, index_t tile_begin,
-                 index_t tile_end, const PartialState* partial) {
+                 const Mask& mask, index_t n_k, index_t dim, float scale, index_t tile_begin, index_t tile_end,
+                 const PartialState* partial) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, Eigen::bfloat16> || std::is_same_v<T, Eigen::half>,
                 "the CPU kernel stores float, Eigen::bfloat16 or Eigen::half");
   constexpr index_t W = S::width;
   const TileFns fns = tile_fns<S>(dim);
   const index_t dp = fns.dp;
-  Workspace& ws = thread_workspace(dp, n_tiles);
+  // KV slots: the distinct KV heads of the tiles, in order of first use.
+  index_t slot_head[max_q_tiles], tile_slot[max_q_tiles], n_slots = 0;
+  for (index_t s = 0; s < n_tiles; ++s) {
+    index_t k = 0;
+    while (k < n_slots && slot_head[k] != spans[s].kv) ++k;
+    if (k == n_slots) slot_head[n_slots++] = spans[s].kv;
+    tile_slot[s] = k;
+  }
+  Workspace& ws = thread_workspace(dp, n_tiles, n_slots);
 
   struct QTile {
     index_t r0, n, nv;      // rows [r0, r0 + n), in nv vectors
@@ -130,7 +142,7 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
     qt.r0 = spans[s].r0;
     qt.n = spans[s].n;
     qt.nv = (qt.n + W - 1) / W;
-    qt.b = ws.tile(s);
+    qt.b = ws.tile(s, tile_slot[s]);
     qt.ready = qt.done = false;
     qt.any = {n_k, 0};
     qt.all = {0, n_k};
@@ -198,33 +210,47 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
     }
   };
 
-  const TileBuffers shared = ws.tile(0);
   // Rows to prefetch during one step: reads first (K/V of the next key tile,
   // Q of the next query tile to pack), then the step's own output rows.
-  const char* ahead[2 * tile_k + 2 * tile_q];
+  const char** const next_kv = ws.next_rows();
+  const char** const ahead = ws.step_rows();
   index_t active[max_q_tiles];
   const index_t row_bytes = dim * index_t(sizeof(T));
   for (index_t c = c_first; c < c_last; ++c) {
     const index_t k0 = c * tile_k, k1 = std::min(n_k, k0 + tile_k), nk = k1 - k0;
-    for (index_t j = 0; j < nk; ++j) {
-      load_row<S>(kv.key(k0 + j, kv_head), shared.kp + j * dp, dim, dp);
-      load_row<S>(kv.value(k0 + j, kv_head), shared.vp + j * dp, dim, dp);
+    index_t n_active = 0;
+    bool slot_now[max_q_tiles] = {}, slot_next[max_q_tiles] = {};
+    for (index_t s = 0; s < n_tiles; ++s) {
+      if (c >= tiles[s].c_begin && c < tiles[s].c_end) {
+        active[n_active++] = s;
+        slot_now[tile_slot[s]] = true;
+      }
+      if (c + 1 >= tiles[s].c_begin && c + 1 < tiles[s].c_end) slot_next[tile_slot[s]] = true;
     }
+    // Token by token across the KV heads in use: with a token-major cache
+    // that reads each token's heads as one contiguous run.
+    TileBuffers keys[max_q_tiles];
+    for (index_t k = 0; k < n_slots; ++k) keys[k] = ws.tile(0, k);
+    for (index_t j = 0; j < nk; ++j)
+      for (index_t k = 0; k < n_slots; ++k)
+        if (slot_now[k]) load_row<S>(kv.key(k0 + j, slot_head[k]), keys[k].kp + j * dp, dim, dp);
+    for (index_t j = 0; j < nk; ++j)
+      for (index_t k = 0; k < n_slots; ++k)
+        if (slot_now[k]) load_row<S>(kv.value(k0 + j, slot_head[k]), keys[k].vp + j * dp, dim, dp);
     // Key rows up to the score block's multiple are computed, never used.
     const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
-    for (index_t i = nk * dp; i < nk_pad * dp; ++i) shared.kp[i] = 0.f;
+    for (index_t k = 0; k < n_slots; ++k)
+      if (slot_now[k])
+        for (index_t i = nk * dp; i < nk_pad * dp; ++i) keys[k].kp[i] = 0.f;
 
-    index_t n_active = 0;
-    for (index_t s = 0; s < n_tiles; ++s)
-      if (c >= tiles[s].c_begin && c < tiles[s].c_end) active[n_active++] = s;
     // The next key tile's cache rows, spread over this key tile's steps.
-    const char* next_kv[2 * tile_k];
     index_t n_kv = 0, kv_given = 0;
-    if (c + 1 < c_last)
-      for (index_t t = k1; t < std::min(n_k, k1 + tile_k); ++t) {
-        next_kv[n_kv++] = reinterpret_cast<const char*>(kv.key(t, kv_head));
-        next_kv[n_kv++] = reinterpret_cast<const char*>(kv.value(t, kv_head));
-      }
+    for (index_t t = k1; t < std::min(n_k, k1 + tile_k); ++t)
+      for (index_t k = 0; k < n_slots; ++k)
+        if (slot_next[k]) {
+          next_kv[n_kv++] = reinterpret_cast<const char*>(kv.key(t, slot_head[k]));
+          next_kv[n_kv++] = reinterpret_cast<const char*>(kv.value(t, slot_head[k]));
+        }
     for (index_t a = 0; a < n_active; ++a) {
       QTile& qt = tiles[active[a]];
       if (detail::visited_tiles) detail::visited_tiles->fetch_add(heads, std::memory_order_relaxed);

@@ -7,9 +7,10 @@
 //            tile, and is sized to stay in cache (GQA heads share it too);
 //   grouped  (n_q * group <= tile_q: decode and short chunks): the query rows
 //            of all heads sharing a KV head form ONE tile, so K/V are packed
-//            once for the whole group; if the rows see many key tiles, the
-//            keys are cut into chunks (one task each) whose partial results
-//            are merged through their LSE (merge.hpp).
+//            once for the whole group; a task runs a block of KV heads,
+//            packing their key tiles token by token; if the rows see many
+//            key tiles, the keys are cut into chunks (one task each) whose
+//            partial results are merged through their LSE (merge.hpp).
 //
 // Tasks are ordered by visible work (key tiles x rows), largest first, and
 // handed out dynamically: causal and ISM rows grow with position, so equal
@@ -49,8 +50,8 @@ struct Problem {
 
 struct Task {
   index_t problem;
-  index_t kv_head;
-  index_t head_begin, head_end;  // query heads (prefill); the whole group otherwise
+  index_t kv_begin, kv_end;      // KV heads
+  index_t head_begin, head_end;  // query heads (prefill; grouped: all of the KV heads')
   index_t tile_begin, tile_end;  // query tiles of tile_q rows (prefill)
   index_t key_begin, key_end;    // key tiles (grouped chunks); else all
   index_t chunk;    // chunk index within the split; -1: writes final output
@@ -58,9 +59,11 @@ struct Task {
   index_t cost;
 };
 
+// The key chunks of KV heads [kv_begin, kv_end) of one grouped problem, whose
+// partial results are merged once every chunk is done.
 struct MergeJob {
   index_t problem;
-  index_t kv_head;
+  index_t kv_begin, kv_end;
   index_t chunks;
   index_t offset;  // into the scratch buffer
   index_t rows;
@@ -99,22 +102,30 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
     const Mask& mask = *problems[p].mask;
     const index_t rows = s.n_q * s.group;
     if (rows <= tile_q) {
+      // Grouped: each KV head's rows form one tile. A task runs one key chunk
+      // for a block of KV heads, packing each key tile for all of them token
+      // by token (contiguous in a token-major cache); blocks are split only
+      // as far as the threads need tasks. Chunks depend on shapes only.
       const KeyRange any = row_block_keys(mask, s.q_offset, s.q_offset + s.n_q, s.n_k).any;
       const index_t t0 = any.begin / tile_k, t1 = any.end > any.begin ? ceil_div(any.end, tile_k) : t0;
       const index_t nt = t1 - t0;
       const index_t chunks = std::min(max_key_chunks, std::max<index_t>(1, nt / min_chunk_tiles));
-      for (index_t g = 0; g < s.kv_heads; ++g) {
-        const index_t h0 = g * s.group, h1 = h0 + s.group;
+      index_t block = std::min(s.kv_heads, max_q_tiles);
+      while (block > 1 && chunks * ceil_div(s.kv_heads, block) < want_tasks) block = ceil_div(block, 2);
+      block = even_split(s.kv_heads, block);
+      for (index_t g0 = 0; g0 < s.kv_heads; g0 += block) {
+        const index_t g1 = std::min(s.kv_heads, g0 + block), heads_rows = (g1 - g0) * rows;
+        const index_t h0 = g0 * s.group, h1 = g1 * s.group;
         if (chunks == 1) {
-          tasks.push_back({p, g, h0, h1, 0, 0, 0, all_tiles, none, none, std::max<index_t>(1, nt) * rows});
+          tasks.push_back({p, g0, g1, h0, h1, 0, 0, 0, all_tiles, none, none, std::max<index_t>(1, nt) * heads_rows});
           continue;
         }
         const index_t m = static_cast<index_t>(merges.size());
-        merges.push_back({p, g, chunks, scratch_size, rows});
-        scratch_size += chunks * rows * (s.dim + 2);
+        merges.push_back({p, g0, g1, chunks, scratch_size, heads_rows});
+        scratch_size += chunks * heads_rows * (s.dim + 2);
         for (index_t c = 0; c < chunks; ++c) {
           const index_t b = t0 + nt * c / chunks, e = t0 + nt * (c + 1) / chunks;
-          tasks.push_back({p, g, h0, h1, 0, 0, b, e, c, m, (e - b) * rows});
+          tasks.push_back({p, g0, g1, h0, h1, 0, 0, b, e, c, m, (e - b) * heads_rows});
         }
       }
       continue;
@@ -144,20 +155,25 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
           const index_t h1 = std::min((g + 1) * s.group, h0 + heads), t1 = std::min(q_tiles, t0 + tiles);
           index_t cost = 0;
           for (index_t t = t0; t < t1; ++t) cost += tile_cost[static_cast<size_t>(t)];
-          tasks.push_back({p, g, h0, h1, t0, t1, 0, all_tiles, none, none, cost * (h1 - h0)});
+          tasks.push_back({p, g, g + 1, h0, h1, t0, t1, 0, all_tiles, none, none, cost * (h1 - h0)});
         }
   }
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
   std::vector<float> scratch(static_cast<size_t>(scratch_size));
 
-  // The rows of a grouped tile: every query head of KV head g, every row.
-  auto grouped_rows = [&](const Problem<T, KV, Mask>& pr, index_t g, TileRow<T>* rows) {
+  // The rows of grouped KV heads [g0, g1): per KV head one tile of every
+  // query head of that KV head, every row.
+  auto grouped_rows = [&](const Problem<T, KV, Mask>& pr, index_t g0, index_t g1, TileRow<T>* rows,
+                          TileSpan* spans) {
     const AttentionShape& s = pr.shape;
     index_t n = 0;
-    for (index_t hh = 0; hh < s.group; ++hh) {
-      const index_t h = g * s.group + hh;
-      for (index_t t = 0; t < s.n_q; ++t)
-        rows[n++] = {pr.q.row(t, h), pr.out.row(t, h), pr.lse ? pr.lse + h * s.n_q + t : nullptr, s.q_offset + t};
+    for (index_t g = g0; g < g1; ++g) {
+      spans[g - g0] = {n, s.n_q * s.group, g};
+      for (index_t hh = 0; hh < s.group; ++hh) {
+        const index_t h = g * s.group + hh;
+        for (index_t t = 0; t < s.n_q; ++t)
+          rows[n++] = {pr.q.row(t, h), pr.out.row(t, h), pr.lse ? pr.lse + h * s.n_q + t : nullptr, s.q_offset + t};
+      }
     }
     return n;
   };
@@ -175,19 +191,19 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
       for (index_t h = task.head_begin; h < task.head_end; ++h)
         for (index_t t = task.tile_begin; t < task.tile_end; ++t) {
           const index_t r0 = t * tile_q, r1 = std::min(s.n_q, r0 + tile_q);
-          spans[n_tiles++] = {n, r1 - r0};
+          spans[n_tiles++] = {n, r1 - r0, task.kv_begin};
           for (index_t r = r0; r < r1; ++r)
             rows[static_cast<size_t>(n++)] = {pr.q.row(r, h), pr.out.row(r, h),
                                               pr.lse ? pr.lse + h * s.n_q + r : nullptr, s.q_offset + r};
         }
-      attend_rows<S>(rows.data(), spans, n_tiles, 1, pr.kv, task.kv_head, *pr.mask, s.n_k, s.dim, s.scale,
-                     task.key_begin, task.key_end, nullptr);
+      attend_rows<S>(rows.data(), spans, n_tiles, 1, pr.kv, *pr.mask, s.n_k, s.dim, s.scale, task.key_begin,
+                     task.key_end, nullptr);
       return;
     }
-    const index_t n = grouped_rows(pr, task.kv_head, rows.data());
-    spans[0] = {0, n};
+    const index_t n = grouped_rows(pr, task.kv_begin, task.kv_end, rows.data(), spans);
+    const index_t n_tiles = task.kv_end - task.kv_begin;
     if (task.merge == none) {
-      attend_rows<S>(rows.data(), spans, 1, s.group, pr.kv, task.kv_head, *pr.mask, s.n_k, s.dim, s.scale,
+      attend_rows<S>(rows.data(), spans, n_tiles, s.group, pr.kv, *pr.mask, s.n_k, s.dim, s.scale,
                      task.key_begin, task.key_end, nullptr);
       return;
     }
@@ -195,17 +211,18 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
     float* base = scratch.data() + mj.offset;
     const PartialState st{base + task.chunk * n * s.dim, base + mj.chunks * n * s.dim + task.chunk * n,
                           base + mj.chunks * n * (s.dim + 1) + task.chunk * n};
-    attend_rows<S>(rows.data(), spans, 1, s.group, pr.kv, task.kv_head, *pr.mask, s.n_k, s.dim, s.scale,
-                   task.key_begin, task.key_end, &st);
+    attend_rows<S>(rows.data(), spans, n_tiles, s.group, pr.kv, *pr.mask, s.n_k, s.dim, s.scale, task.key_begin,
+                   task.key_end, &st);
   });
 
   parallel_for(opt, static_cast<index_t>(merges.size()), [&](index_t i) {
     const MergeJob& mj = merges[static_cast<size_t>(i)];
     const Problem<T, KV, Mask>& pr = problems[mj.problem];
-    TileRow<T> rows[tile_q];
-    const index_t n = grouped_rows(pr, mj.kv_head, rows);
+    std::vector<TileRow<T>> rows(static_cast<size_t>(mj.rows));
+    TileSpan spans[max_q_tiles];
+    const index_t n = grouped_rows(pr, mj.kv_begin, mj.kv_end, rows.data(), spans);
     const float* base = scratch.data() + mj.offset;
-    merge_chunks<T>(rows, n, pr.shape.dim, mj.chunks, base, base + mj.chunks * n * pr.shape.dim,
+    merge_chunks<T>(rows.data(), n, pr.shape.dim, mj.chunks, base, base + mj.chunks * n * pr.shape.dim,
                     base + mj.chunks * n * (pr.shape.dim + 1));
   });
 }

@@ -57,27 +57,33 @@ struct TileBuffers {
 // tiles keeps hot in cache while key tiles stream past it.
 inline constexpr index_t q_tile_bytes(index_t dp) { return (2 * dp * tile_q + 5 * tile_q) * index_t(sizeof(float)); }
 
-// Owns the buffers of up to max_q_tiles query tiles and one key tile, plus the
-// absolute key bounds of every row of those tiles.
+// Owns the buffers of up to max_q_tiles query tiles and of one key tile per KV
+// head in use (a decode task runs several KV heads at once), the absolute key
+// bounds of every row, and the list of rows to prefetch.
 class Workspace {
  public:
-  void reserve(index_t padded_dim, index_t q_tiles) {
+  void reserve(index_t padded_dim, index_t q_tiles, index_t kv_slots) {
     dp_ = padded_dim;
-    if (padded_dim <= capacity_dp_ && q_tiles <= capacity_tiles_) return;
+    slots_ = kv_slots;
+    if (padded_dim <= capacity_dp_ && q_tiles <= capacity_tiles_ && kv_slots <= capacity_slots_) return;
     capacity_dp_ = std::max(capacity_dp_, padded_dim);
     capacity_tiles_ = std::max(capacity_tiles_, q_tiles);
-    buffer_ = aligned_floats(shared_floats(capacity_dp_) + capacity_tiles_ * per_q_tile(capacity_dp_));
+    capacity_slots_ = std::max(capacity_slots_, kv_slots);
+    buffer_ = aligned_floats(shared_floats(capacity_dp_, capacity_slots_) + capacity_tiles_ * per_q_tile(capacity_dp_));
     bounds_.reset(new index_t[static_cast<std::size_t>(2 * capacity_tiles_ * tile_q)]);
+    rows_.reset(new const char*[static_cast<std::size_t>(prefetch_capacity(capacity_slots_))]);
   }
-  // Buffers of query tile s (0 <= s < the reserved q_tiles) and the shared key tile.
-  TileBuffers tile(index_t s) const {
+  // Buffers of query tile s (0 <= s < the reserved q_tiles) reading the key
+  // tile of KV slot `slot` (0 <= slot < the reserved kv_slots).
+  TileBuffers tile(index_t s, index_t slot) const {
     TileBuffers b;
     b.dp = dp_;
     float* p = buffer_.get();
-    b.kp = p; p += tile_k * dp_;
-    b.vp = p; p += tile_k * dp_;
     b.st = p;
-    p = buffer_.get() + shared_floats(dp_) + s * per_q_tile(dp_);
+    p += tile_k * tile_q + slot * 2 * tile_k * dp_;
+    b.kp = p;
+    b.vp = p + tile_k * dp_;
+    p = buffer_.get() + shared_floats(dp_, slots_) + s * per_q_tile(dp_);
     b.qt = p; p += dp_ * tile_q;
     b.o = p;  p += tile_q * dp_;
     b.m = p;  p += tile_q;
@@ -90,19 +96,25 @@ class Workspace {
   // Absolute visible-key bounds [lo, hi) of row r of the group.
   index_t* row_lo() const { return bounds_.get(); }
   index_t* row_hi() const { return bounds_.get() + capacity_tiles_ * tile_q; }
+  // Room for the next key tile's K/V rows of every slot, then for one step's
+  // prefetch list (those rows, one query tile's Q rows and its output rows).
+  const char** next_rows() const { return rows_.get(); }
+  const char** step_rows() const { return rows_.get() + 2 * tile_k * capacity_slots_; }
 
  private:
   // Multiples of 16 floats, so every buffer starts 64-byte aligned.
   static index_t per_q_tile(index_t dp) { return q_tile_bytes(dp) / index_t(sizeof(float)); }
-  static index_t shared_floats(index_t dp) { return 2 * tile_k * dp + tile_k * tile_q; }
-  index_t dp_ = 0, capacity_dp_ = 0, capacity_tiles_ = 0;
+  static index_t shared_floats(index_t dp, index_t slots) { return tile_k * tile_q + slots * 2 * tile_k * dp; }
+  static index_t prefetch_capacity(index_t slots) { return 2 * (2 * tile_k * slots) + 2 * tile_q; }
+  index_t dp_ = 0, slots_ = 0, capacity_dp_ = 0, capacity_tiles_ = 0, capacity_slots_ = 0;
   AlignedBuffer buffer_;
   std::unique_ptr<index_t[]> bounds_;
+  std::unique_ptr<const char*[]> rows_;
 };
 
-inline Workspace& thread_workspace(index_t padded_dim, index_t q_tiles) {
+inline Workspace& thread_workspace(index_t padded_dim, index_t q_tiles, index_t kv_slots) {
   static thread_local Workspace ws;
-  ws.reserve(padded_dim, q_tiles);
+  ws.reserve(padded_dim, q_tiles, kv_slots);
   return ws;
 }
 
