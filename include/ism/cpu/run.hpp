@@ -85,6 +85,14 @@ inline index_t even_split(index_t total, index_t most) {
   return ceil_div(total, ceil_div(total, std::max<index_t>(1, most)));
 }
 
+// Up to max_q_tiles full tiles of rows: on the heap, not the caller's thread
+// stack, one per thread and element type, reused by every later task.
+template <class T>
+std::vector<TileRow<T>>& thread_rows() {
+  static thread_local std::vector<TileRow<T>> rows(static_cast<size_t>(max_q_tiles * tile_q));
+  return rows;
+}
+
 template <class T, class KV, class Mask>
 void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const AttentionOptions& opt) {
   using S = simd::Native;
@@ -182,9 +190,7 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
     const Task& task = tasks[static_cast<size_t>(i)];
     const Problem<T, KV, Mask>& pr = problems[task.problem];
     const AttentionShape& s = pr.shape;
-    // Up to max_q_tiles full tiles of rows: on the heap, not the caller's
-    // thread stack, and reused by this thread's later tasks.
-    static thread_local std::vector<TileRow<T>> rows(static_cast<size_t>(max_q_tiles * tile_q));
+    std::vector<TileRow<T>>& rows = thread_rows<T>();
     TileSpan spans[max_q_tiles];
     if (task.merge == none && s.n_q * s.group > tile_q) {
       index_t n = 0, n_tiles = 0;
