@@ -788,7 +788,7 @@ def main():
             run_binary(build, json_dir, tag, binary, flt, reps, min_time, env)
         if os.path.exists(os.path.join(build, "bench", "kernel_bench")):
             # The kernel's own acceptance set, against OpenBLAS's AVX-512 kernels.
-            run_binary(build, json_dir, "kernel", "kernel_bench", ".", 1 if args.quick else 5, 0.1,
+            run_binary(build, json_dir, "kernel", "kernel_bench", ".", 1 if args.quick else 9, 0.1,
                        {"OPENBLAS_CORETYPE": "SkylakeX"})
         meta["load_after"] = load_average()
         with open(meta_path, "w") as f:
