@@ -216,6 +216,8 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
   const char** const ahead = ws.step_rows();
   index_t active[max_q_tiles];
   const index_t row_bytes = dim * index_t(sizeof(T));
+  TileBuffers keys[max_q_tiles];  // each slot's packed key tile (kp, vp)
+  for (index_t k = 0; k < n_slots; ++k) keys[k] = ws.tile(0, k);
   for (index_t c = c_first; c < c_last; ++c) {
     const index_t k0 = c * tile_k, k1 = std::min(n_k, k0 + tile_k), nk = k1 - k0;
     index_t n_active = 0;
@@ -229,8 +231,6 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
     }
     // Token by token across the KV heads in use: with a token-major cache
     // that reads each token's heads as one contiguous run.
-    TileBuffers keys[max_q_tiles];
-    for (index_t k = 0; k < n_slots; ++k) keys[k] = ws.tile(0, k);
     for (index_t j = 0; j < nk; ++j)
       for (index_t k = 0; k < n_slots; ++k)
         if (slot_now[k]) load_row<S>(kv.key(k0 + j, slot_head[k]), keys[k].kp + j * dp, dim, dp);

@@ -224,7 +224,7 @@ void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const Att
   parallel_for(opt, static_cast<index_t>(merges.size()), [&](index_t i) {
     const MergeJob& mj = merges[static_cast<size_t>(i)];
     const Problem<T, KV, Mask>& pr = problems[mj.problem];
-    std::vector<TileRow<T>> rows(static_cast<size_t>(mj.rows));
+    std::vector<TileRow<T>>& rows = thread_rows<T>();
     TileSpan spans[max_q_tiles];
     const index_t n = grouped_rows(pr, mj.kv_begin, mj.kv_end, rows.data(), spans);
     const float* base = scratch.data() + mj.offset;
