@@ -7,6 +7,16 @@
 #include <cstring>
 #include <set>
 
+#include "ism/core/config.hpp"
+
+// The kernel's test hook (cpu/kernel.hpp): count every visited (query head,
+// query tile, key tile). Defined before any kernel header is included.
+namespace ism_test {
+inline std::atomic<ism::index_t>* visited_tiles = nullptr;
+}
+#define ISM_CPU_ON_TILE_VISIT(heads) \
+  (::ism_test::visited_tiles ? (void)::ism_test::visited_tiles->fetch_add(heads) : (void)0)
+
 #include "cpu/kernel_test_util.hpp"
 
 namespace ism_test {
@@ -399,9 +409,9 @@ void expect_visits(const Mask& m, Problem<float>& p, index_t n_q, index_t n_k, i
       needed += seen;
     }
   std::atomic<index_t> visited{0};
-  ism::cpu::detail::visited_tiles = &visited;
+  visited_tiles = &visited;
   ism::attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, m, p.options());
-  ism::cpu::detail::visited_tiles = nullptr;
+  visited_tiles = nullptr;
   const auto& st = map.stats();
   const index_t heads = p.out.view.heads;
   SCOPED_TRACE(::testing::Message() << "block map: full " << st.full << " partial " << st.partial << " empty "

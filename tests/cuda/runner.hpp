@@ -4,7 +4,7 @@
 #include <string>
 
 #include "cuda/mask_arg.hpp"
-#include "ism/attention/options.hpp"
+#include "ism/core/options.hpp"
 #include "ism/core/views.hpp"
 #include "ism/mask/segment_mask.hpp"
 #include "ism/mask/simple_masks.hpp"

@@ -2,7 +2,7 @@
 // same keys stored contiguously, for every mask, GQA and offset, random page
 // sizes and shuffled page tables; the owning cache allocates and frees pages
 // correctly; bad arguments are named and write nothing.
-#include "ism/kv/paged.hpp"
+#include "ism/kv/paged_cache.hpp"
 
 #include <algorithm>
 #include <numeric>

@@ -16,7 +16,7 @@
 #include "fuzz/fuzz_input.hpp"
 #include "ism/attention/attention.hpp"
 #include "ism/ism.hpp"
-#include "ism/kv/paged.hpp"
+#include "ism/kv/paged_cache.hpp"
 
 namespace {
 

@@ -5,7 +5,7 @@
 #include <limits>
 #include <vector>
 
-#include "ism/kv/paged.hpp"
+#include "ism/kv/paged_cache.hpp"
 #include "ism/mask/export.hpp"
 #include "reliability/reliability.hpp"
 

@@ -1,32 +1,67 @@
 #pragma once
-// The public entry points of the fused CPU attention (DESIGN.md section 2):
-// ism::attention for one sequence, ism::attention_batch for many sequences
-// scheduled together (continuous batching), and ism::detail::run_attention,
-// the validated core that KV sources other than two strided views (the paged
-// cache) call with their own source.
+// ism::attention, one sequence in one call (docs/DESIGN.md section 2):
+//
+//   attention(q, k, v, out, mask, opts)     K and V as two strided views
+//   attention(q, paged_kv, out, mask, opts) K and V through a block table
+//
+// Q and out share one element type, K and V another or the same (fp32
+// activations over a 16-bit cache: no template arguments needed). Every call
+// is checked before anything is written (ism::invalid_argument names the
+// argument), then planned and run like a one-request AttentionPlan.
 //
 // The instruction set is chosen at compile time (ism/cpu/simd/select.hpp);
 // these functions live in an inline namespace named after it, so they are
 // spelled ism::attention everywhere.
+#include <type_traits>
 #include <vector>
 
-#include "ism/attention/kv_source.hpp"
-#include "ism/attention/options.hpp"
-#include "ism/attention/validate.hpp"
+#include "ism/attention/kv_checks.hpp"
+#include "ism/core/options.hpp"
 #include "ism/cpu/run.hpp"
+#include "ism/kv/contiguous.hpp"
+#include "ism/kv/paged_view.hpp"
+#include "ism/mask/query_bounds.hpp"
 
 namespace ism {
 namespace detail {
 inline namespace ISM_SIMD_NAMESPACE {
 
-// The already-validated core: `shape` comes from check_attention (or the
-// equivalent check of a KV source); nothing is checked again here.
-template <class T, class KV, class Mask>
-void run_attention(HeadsView<const T> q, const KV& kv, HeadsView<T> out, const Mask& mask,
-                   const AttentionOptions& opt, const AttentionShape& shape) {
-  const cpu::Problem<T, KV, Mask> problem{q, kv, out, &mask, opt.lse, shape};
-  cpu::run_problems(&problem, 1, opt);
+// Plans and runs checked problems whose bounds are filled in.
+template <class TQ, class KV>
+void execute(const cpu::Problem<TQ, KV>* problems, index_t count, const AttentionOptions& opt) {
+  std::vector<AttentionShape> shapes;
+  std::vector<QueryBounds> bounds;
+  shapes.reserve(static_cast<size_t>(count));
+  bounds.reserve(static_cast<size_t>(count));
+  for (index_t p = 0; p < count; ++p) {
+    shapes.push_back(problems[p].shape);
+    bounds.push_back(problems[p].bounds);
+  }
+  const int threads = opt.threads > 0 && !opt.parallel_for ? opt.threads : cpu::default_threads();
+  const cpu::Schedule schedule(shapes.data(), bounds.data(), count, threads);
+  cpu::RunState state(schedule);
+  cpu::run_all(schedule, state, problems, cpu::ScoreMods{opt.softcap, opt.sinks, opt.alibi_slopes}, opt);
 }
+
+// One call over any KV source: check, read the rows' bounds, run.
+template <class TQ, class KV, class Mask>
+void attend(const char* where, HeadsView<const TQ> q, const KV& kv, HeadsView<TQ> out, const Mask& mask,
+            const AttentionOptions& opt) {
+  const CheckedCall c = check_call(where, q, kv, out, mask, opt);
+  std::vector<index_t> lo(static_cast<size_t>(c.shape.n_q)), hi(lo.size());
+  fill_query_bounds(mask, c.shape.n_q, c.shape.n_k, c.shape.q_offset, lo.data(), hi.data());
+  const cpu::Problem<TQ, KV> p{q, kv, out, opt.lse, c.shape, {lo.data(), hi.data(), c.shape.q_offset, c.shape.n_q}};
+  execute(&p, 1, opt);
+}
+
+// The views of a mixed-type call: Q and out of one type, K and V of one
+// (other) type; calls whose views all hold one type take the overloads with
+// an explicit element type instead.
+template <class Q, class K, class V, class O>
+inline constexpr bool mixed_views_v = !std::is_const_v<O> && std::is_same_v<std::remove_const_t<Q>, O> &&
+                                      std::is_same_v<std::remove_const_t<K>, std::remove_const_t<V>> &&
+                                      !(std::is_same_v<Q, const O> && std::is_same_v<K, const O> &&
+                                        std::is_same_v<V, const O>);
 
 }  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace detail
@@ -34,50 +69,40 @@ void run_attention(HeadsView<const T> q, const KV& kv, HeadsView<T> out, const M
 inline namespace ISM_SIMD_NAMESPACE {
 
 // out[t, h, :] = softmax over the keys row q_offset + t may see of
-// scale * q[t, h, :] . k[j, h / group, :], times v. See DESIGN.md section 1.
-// Throws ism::invalid_argument (writing nothing) on bad arguments.
+// scale * q[t, h, :] . k[j, h / group, :] (then softcap, ALiBi), times v.
+// See docs/DESIGN.md section 1. Throws ism::invalid_argument (writing nothing)
+// on bad arguments.
 template <class T, class Mask>
 void attention(HeadsView<const detail::type_identity_t<T>> q, HeadsView<const detail::type_identity_t<T>> k,
                HeadsView<const detail::type_identity_t<T>> v, HeadsView<T> out, const Mask& mask,
                const AttentionOptions& opt = {}) {
-  const AttentionShape shape = check_attention("ism::attention", q, k, v, out, mask, opt);
-  detail::run_attention(q, ContiguousKV<T>{k, v}, out, mask, opt, shape);
+  detail::attend("ism::attention", q, ContiguousKV<T>{k, v}, out, mask, opt);
 }
 
-// One sequence of a batched call: its own views, mask, offset and LSE.
-template <class T, class Mask>
-struct AttentionRequest {
-  HeadsView<const T> q, k, v;
-  HeadsView<T> out;
-  const Mask* mask = nullptr;
-  index_t q_offset = -1;  // -1: k.tokens - q.tokens
-  float* lse = nullptr;   // optional [q.heads][q.tokens]
-};
+// Q/out and K/V of different element types (fp32 activations, 16-bit cache),
+// deduced from the views.
+template <class Q, class K, class V, class O, class Mask,
+          class = std::enable_if_t<detail::mixed_views_v<Q, K, V, O>>>
+void attention(HeadsView<Q> q, HeadsView<K> k, HeadsView<V> v, HeadsView<O> out, const Mask& mask,
+               const AttentionOptions& opt = {}) {
+  using TK = std::remove_const_t<K>;
+  detail::attend<O>("ism::attention", q, ContiguousKV<TK>{k, v}, out, mask, opt);
+}
 
-// Runs every request in one scheduling pass, so the short decode rows of some
-// sequences and the long prefill tiles of others share the threads. scale,
-// threads and parallel_for come from `opt` and apply to all requests;
-// opt.q_offset and opt.lse must stay at their defaults (each request has its
-// own). All requests are validated before any output is written.
-template <class T, class Mask>
-void attention_batch(const std::vector<AttentionRequest<T, Mask>>& requests, const AttentionOptions& opt = {}) {
-  const char* where = "ism::attention_batch";
-  if (opt.q_offset != -1)
-    detail::fail(where, "options.q_offset = ", opt.q_offset, " must be -1 (set each request's q_offset)");
-  if (opt.lse != nullptr) detail::fail(where, "options.lse must be null (set each request's lse)");
-  std::vector<cpu::Problem<T, ContiguousKV<T>, Mask>> problems;
-  problems.reserve(requests.size());
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const AttentionRequest<T, Mask>& r = requests[i];
-    if (r.mask == nullptr) detail::fail(where, "requests[", i, "].mask is null");
-    AttentionOptions o = opt;
-    o.q_offset = r.q_offset;
-    o.lse = r.lse;
-    const AttentionShape shape = check_attention(where, r.q, r.k, r.v, r.out, *r.mask, o);
-    problems.push_back({r.q, ContiguousKV<T>{r.k, r.v}, r.out, r.mask, r.lse, shape});
-  }
-  detail::check_requests_disjoint(where, requests);
-  cpu::run_problems(problems.data(), static_cast<index_t>(problems.size()), opt);
+// Same contract with K and V read through a paged cache's block table
+// (int32 or int64). Results equal the contiguous call on the same keys bit for
+// bit (the kernel packs key tiles row by row from either source).
+template <class T, class I, class Mask>
+void attention(HeadsView<const detail::type_identity_t<T>> q, const PagedKV<T, I>& kv, HeadsView<T> out,
+               const Mask& mask, const AttentionOptions& opt = {}) {
+  detail::attend("ism::attention(paged)", q, kv, out, mask, opt);
+}
+
+template <class Q, class TK, class I, class O, class Mask,
+          class = std::enable_if_t<detail::mixed_views_v<Q, const TK, const TK, O>>>
+void attention(HeadsView<Q> q, const PagedKV<TK, I>& kv, HeadsView<O> out, const Mask& mask,
+               const AttentionOptions& opt = {}) {
+  detail::attend<O>("ism::attention(paged)", q, kv, out, mask, opt);
 }
 
 }  // inline namespace ISM_SIMD_NAMESPACE

@@ -20,4 +20,9 @@ using index_t = std::int64_t;
 // Length of a mask that has no layout (causal, prefix-LM, full): any position.
 inline constexpr index_t unbounded = std::numeric_limits<index_t>::max();
 
+namespace detail {
+// ceil(a / b) for a >= 0, b > 0, without the overflow of (a + b - 1) / b.
+ISM_HOST_DEVICE constexpr index_t ceil_div(index_t a, index_t b) { return a / b + (a % b != 0); }
+}  // namespace detail
+
 }  // namespace ism

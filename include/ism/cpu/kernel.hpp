@@ -17,34 +17,38 @@
 // Cache rows are typically 4 KB apart (token-major [t, h, d]), which defeats
 // the hardware prefetcher: the next key tile's rows are software-prefetched a
 // few at a time during the current tile's arithmetic (TileBuffers::prefetch).
-// The mask type is a template parameter, but the arithmetic (tile_ops.hpp) is
-// compiled once per head-dim class, independent of mask and element type.
-#include <atomic>
+// The mask is the rows' key bounds (mask/query_bounds.hpp), whatever policy
+// the caller used; the arithmetic (tile_ops.hpp) is compiled once per head-dim
+// class, independent of mask and element types. Score modifiers (softcap,
+// ALiBi) are passes over a tile's scores that only run when they are on; sinks
+// join the denominator when a row is finished.
 #include <cmath>
 #include <limits>
 #include <type_traits>
 
-#include "ism/core/element.hpp"
+#include "ism/cpu/convert.hpp"
+#include "ism/cpu/problem.hpp"
 #include "ism/cpu/tile_ops.hpp"
-#include "ism/mask/tiles.hpp"
+#include "ism/mask/tile_kind.hpp"
+
+// Test hook: the test build defines this to count every visited (query head,
+// query tile, key tile); in a shipped build it is nothing at all.
+#ifndef ISM_CPU_ON_TILE_VISIT
+#define ISM_CPU_ON_TILE_VISIT(heads) ((void)0)
+#endif
 
 namespace ism::cpu {
-
-namespace detail {
-// Test hook: when non-null, every visited (query head, query tile, key tile)
-// adds 1 here. Costs one predictable branch per key tile.
-inline std::atomic<index_t>* visited_tiles = nullptr;
-}  // namespace detail
-
 inline namespace ISM_SIMD_NAMESPACE {
 
-// One query row of a tile: where it reads, where it writes, its position.
+// One query row of a tile: where it reads, where it writes, its position and
+// query head (for the head's ALiBi slope and sink).
 template <class T>
 struct TileRow {
   const T* q;
   T* out;
-  float* lse;   // null when the caller wants no LSE
-  index_t pos;  // absolute position (the mask's row index)
+  float* lse;    // null when the caller wants no LSE
+  index_t pos;   // absolute position (the mask's row index)
+  index_t head;  // query head
 };
 
 // Where a split-key (decode) task leaves its unnormalised state: o[row][dim],
@@ -86,8 +90,28 @@ inline void load_row(const T* src, float* dst, index_t dim, index_t dp) {
   constexpr index_t W = S::width;
   index_t d = 0;
   for (; d + W <= dim; d += W) S::store(dst + d, S::load(src + d));
-  for (; d < dim; ++d) dst[d] = to_float(src[d]);
+  for (; d < dim; ++d) dst[d] = widen(src[d]);
   for (; d < dp; ++d) dst[d] = 0.f;
+}
+
+// A row's finished output and LSE from its running state (max m in log2
+// units, sum l, unnormalised output o[dim]), with the head's sink (log2 units,
+// -inf when none) joining the denominator:
+//   out = o / (l + 2^(sink - m)),  lse = ln(2^m l + 2^sink).
+// l == 0 means the row saw no key: output 0 and LSE the sink (-inf without
+// one), never 0/0. A NaN l (a NaN score) is not "no key": it makes the row NaN.
+struct RowTotal {
+  float inv;  // 1 / denominator (0 for a row that saw nothing and has no sink)
+  float lse;  // natural log
+};
+inline RowTotal row_total(float m, float l, float sink2) {
+  constexpr float ln2 = 0.6931471805599453f, inf = std::numeric_limits<float>::infinity();
+  if (sink2 == -inf) return {l == 0.f ? 0.f : 1.f / l, l == 0.f ? -inf : (m + std::log2(l)) * ln2};
+  if (l == 0.f) return {0.f, sink2 * ln2};
+  // Both present: factor out the larger exponent so nothing overflows.
+  const float top = std::max(m, sink2);
+  const float den = l * std::exp2(m - top) + std::exp2(sink2 - top);
+  return {std::exp2(m - top) / den, (top + std::log2(den)) * ln2};
 }
 
 // Query rows [r0, r0 + n) of the rows array that form one query tile
@@ -108,9 +132,9 @@ struct TileSpan {
 // output and LSE are final; otherwise row r's unnormalised state goes to
 // partial at index r.
 template <class S, class T, class KV, class Mask>
-void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles, index_t heads, const KV& kv,
+void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles, [[maybe_unused]] index_t heads, const KV& kv,
                  const Mask& mask, index_t n_k, index_t dim, float scale, index_t tile_begin, index_t tile_end,
-                 const PartialState* partial) {
+                 const PartialState* partial, const ScoreMods& mods) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, Eigen::bfloat16> || std::is_same_v<T, Eigen::half>,
                 "the CPU kernel stores float, Eigen::bfloat16 or Eigen::half");
   constexpr index_t W = S::width;
@@ -164,13 +188,19 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
   // A query tile is packed just before its first step and written out right
   // after its last, so reading its Q rows and writing its output rows (cache
   // misses when rows are 4 KB apart) can be prefetched during other steps.
-  const float qscale = scale * 1.4426950408889634f;  // log2(e): scores in log2 units
+  // Scores leave the multiply in log2 units (Q is pre-scaled by scale *
+  // log2(e)), so the softmax is exp2. With a softcap they leave it divided by
+  // the cap instead; the softcap pass applies tanh and multiplies by
+  // cap * log2(e).
+  constexpr float log2e = 1.4426950408889634f;
+  const float qscale = mods.softcap != 0.f ? scale / mods.softcap : scale * log2e;
+  const float cap2 = mods.softcap * log2e;
   auto prepare = [&](QTile& qt) {
     // Q^T, pre-scaled; padding lanes and dims are 0.
     float* qtr = qt.b.qt;
     for (index_t i = 0; i < qt.n; ++i) {
       const T* q = rows[qt.r0 + i].q;
-      for (index_t d = 0; d < dim; ++d) qtr[d * tile_q + i] = to_float(q[d]) * qscale;
+      for (index_t d = 0; d < dim; ++d) qtr[d * tile_q + i] = widen(q[d]) * qscale;
       for (index_t d = dim; d < dp; ++d) qtr[d * tile_q + i] = 0.f;
     }
     for (index_t i = qt.n; i < qt.nv * W; ++i)
@@ -178,7 +208,11 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
     for (index_t i = 0; i < qt.nv * W; ++i) {
       qt.b.m[i] = -std::numeric_limits<float>::infinity();
       qt.b.l[i] = 0.f;
+      // ALiBi slope of the row's head in log2 units; padding lanes 0.
+      if (mods.alibi_slopes) qt.b.slope[i] = i < qt.n ? mods.alibi_slopes[rows[qt.r0 + i].head] * log2e : 0.f;
     }
+    qt.b.softcap2 = cap2;
+    qt.b.alibi = mods.alibi_slopes != nullptr;
     for (index_t i = 0; i < qt.n * dp; ++i) qt.b.o[i] = 0.f;
     qt.ready = true;
   };
@@ -193,20 +227,18 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
       }
       return;
     }
-    // l == 0 means the row saw no key: output 0, LSE -inf (never 0/0). A NaN
-    // l (a NaN score) is not "no key": it makes the row NaN, as it should.
     for (index_t i = 0; i < qt.n; ++i) {
-      const float l = qt.b.l[i];
-      const float inv = l == 0.f ? 0.f : 1.f / l;
-      const typename S::V vinv = S::set1(inv);
+      const TileRow<T>& row = rows[qt.r0 + i];
+      const float sink2 =
+          mods.sinks ? mods.sinks[row.head] * log2e : -std::numeric_limits<float>::infinity();
+      const RowTotal tot = row_total(qt.b.m[i], qt.b.l[i], sink2);
+      const typename S::V vinv = S::set1(tot.inv);
       const float* o = qt.b.o + i * dp;
-      T* out = rows[qt.r0 + i].out;
+      T* out = row.out;
       index_t d = 0;
       for (; d + W <= dim; d += W) S::store(out + d, S::mul(S::load(o + d), vinv));
-      for (; d < dim; ++d) out[d] = from_float<T>(o[d] * inv);
-      if (rows[qt.r0 + i].lse)
-        *rows[qt.r0 + i].lse = l == 0.f ? -std::numeric_limits<float>::infinity()
-                                        : (qt.b.m[i] + std::log2(l)) * 0.6931471805599453f;
+      for (; d < dim; ++d) out[d] = narrow<T>(o[d] * tot.inv);
+      if (row.lse) *row.lse = tot.lse;
     }
   };
 
@@ -253,7 +285,7 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
         }
     for (index_t a = 0; a < n_active; ++a) {
       QTile& qt = tiles[active[a]];
-      if (detail::visited_tiles) detail::visited_tiles->fetch_add(heads, std::memory_order_relaxed);
+      ISM_CPU_ON_TILE_VISIT(heads);
       if (!qt.ready) prepare(qt);
       index_t n = 0;
       for (const index_t upto = n_kv * (a + 1) / n_active; kv_given < upto;) ahead[n++] = next_kv[kv_given++];
@@ -269,6 +301,12 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
       qt.b.n_prefetch = n;
       qt.b.n_prefetch_read = n_read;
       qt.b.prefetch_bytes = row_bytes;
+      if (qt.b.alibi) {
+        // Each row's position relative to the tile's first key: exact in
+        // float for distances below 2^24.
+        for (index_t i = 0; i < qt.nv * W; ++i)
+          qt.b.rel[i] = i < qt.n ? static_cast<float>(rows[qt.r0 + i].pos - k0) : 0.f;
+      }
       if (qt.all.begin <= k0 && k1 <= qt.all.end) {
         fns.full(qt.b, qt.n, nk);
       } else {

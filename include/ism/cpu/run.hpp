@@ -1,89 +1,52 @@
 #pragma once
-// Planning and scheduling: turns one or many attention problems into
-// independent tasks, runs them through a parallel-for, then merges split keys.
-//
-//   prefill  (many query rows): one task per block of (query head, query
-//            tile) pairs under one KV head; the block shares each packed key
-//            tile, and is sized to stay in cache (GQA heads share it too);
-//   grouped  (n_q * group <= tile_q: decode and short chunks): the query rows
-//            of all heads sharing a KV head form ONE tile, so K/V are packed
-//            once for the whole group; a task runs a block of KV heads,
-//            packing their key tiles token by token; if the rows see many
-//            key tiles, the keys are cut into chunks (one task each) whose
-//            partial results are merged through their LSE (merge.hpp).
-//
-// Tasks are ordered by visible work (key tiles x rows), largest first, and
-// handed out dynamically: causal and ISM rows grow with position, so equal
-// row counts are not equal work. How tiles are grouped into tasks depends on
-// the thread count, but a row's arithmetic does not (query tiles sit at fixed
-// positions, key chunks depend on shapes only), so results are bitwise
-// identical for any thread count.
+// Running a schedule (schedule.hpp) on a batch of typed problems: one task at
+// a time, from any thread, in any order. The chunks of a split (decode) row
+// block are merged by whichever of its chunk tasks finishes last, so a run is
+// one flat set of tasks with no barrier inside: the library's pool, a
+// caller's parallel-for, or a caller's own workers asking for their share
+// (ith of nth) all run it the same way, and give the same bits.
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <vector>
 
-#include "ism/attention/options.hpp"
-#include "ism/attention/validate.hpp"
+#include "ism/core/options.hpp"
 #include "ism/cpu/kernel.hpp"
 #include "ism/cpu/merge.hpp"
+#include "ism/cpu/problem.hpp"
+#include "ism/cpu/schedule.hpp"
 #include "ism/cpu/threads.hpp"
 
 namespace ism::cpu {
-
-// Key chunks of the split (decode) path: a chunk holds at least this many key
-// tiles (so per-chunk overhead stays small), and there are at most
-// max_key_chunks chunks per KV head.
-inline constexpr index_t min_chunk_tiles = 8;
-inline constexpr index_t max_key_chunks = 32;
-
 inline namespace ISM_SIMD_NAMESPACE {
 
-// One problem of a (possibly batched) call, already validated.
-template <class T, class KV, class Mask>
-struct Problem {
-  HeadsView<const T> q;
-  KV kv;
-  HeadsView<T> out;
-  const Mask* mask;
-  float* lse;
-  AttentionShape shape;
+// What one run of a schedule writes besides the outputs: the merge scratch
+// and, per merge job, a count of finished chunks. Counts only grow (a job
+// merges when its count reaches a multiple of its chunks), so a completed run
+// leaves the state ready for the next one; reset() after a run that threw.
+class RunState {
+ public:
+  RunState() = default;
+  explicit RunState(const Schedule& s)
+      : scratch_(static_cast<size_t>(s.scratch_floats())),
+        done_(new std::atomic<index_t>[s.merges().size()]),
+        merges_(s.merges().size()) {
+    reset();
+  }
+  void reset() {
+    for (size_t m = 0; m < merges_; ++m) done_[m].store(0, std::memory_order_relaxed);
+  }
+  float* scratch() { return scratch_.data(); }
+  // Marks one chunk of merge job m done; true for the chunk that completes it.
+  bool finish_chunk(index_t m, index_t chunks) {
+    return (done_[static_cast<size_t>(m)].fetch_add(1, std::memory_order_acq_rel) + 1) % chunks == 0;
+  }
+
+ private:
+  std::vector<float> scratch_;
+  std::unique_ptr<std::atomic<index_t>[]> done_;
+  size_t merges_ = 0;
 };
-
-struct Task {
-  index_t problem;
-  index_t kv_begin, kv_end;      // KV heads
-  index_t head_begin, head_end;  // query heads (prefill; grouped: all of the KV heads')
-  index_t tile_begin, tile_end;  // query tiles of tile_q rows (prefill)
-  index_t key_begin, key_end;    // key tiles (grouped chunks); else all
-  index_t chunk;    // chunk index within the split; -1: writes final output
-  index_t merge;    // index into the merge list, or -1
-  index_t cost;
-};
-
-// The key chunks of KV heads [kv_begin, kv_end) of one grouped problem, whose
-// partial results are merged once every chunk is done.
-struct MergeJob {
-  index_t problem;
-  index_t kv_begin, kv_end;
-  index_t chunks;
-  index_t offset;  // into the scratch buffer
-  index_t rows;
-};
-
-inline index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
-
-// Cache a prefill task's query tiles may fill (their Q^T and output
-// accumulators) while key tiles stream past: about a core's L2.
-inline constexpr index_t group_cache_bytes = index_t(1) << 20;
-
-// How many tasks the plan aims for per thread, so dynamic hand-out can even
-// out tasks of unequal cost.
-inline constexpr index_t tasks_per_thread = 4;
-
-// Splits `total` units into the fewest groups of at most `most` units, then
-// evens the groups out; returns the group size.
-inline index_t even_split(index_t total, index_t most) {
-  return ceil_div(total, ceil_div(total, std::max<index_t>(1, most)));
-}
 
 // Up to max_q_tiles full tiles of rows: on the heap, not the caller's thread
 // stack, one per thread and element type, reused by every later task.
@@ -93,144 +56,88 @@ std::vector<TileRow<T>>& thread_rows() {
   return rows;
 }
 
-template <class T, class KV, class Mask>
-void run_problems(const Problem<T, KV, Mask>* problems, index_t count, const AttentionOptions& opt) {
-  using S = simd::Native;
-  std::vector<Task> tasks;
-  std::vector<MergeJob> merges;
-  index_t scratch_size = 0;
-  constexpr index_t none = -1;
-  const index_t all_tiles = std::numeric_limits<index_t>::max();
-  const index_t want_tasks = tasks_per_thread * (opt.threads > 0 && !opt.parallel_for ? opt.threads : default_threads());
-  std::vector<index_t> tile_cost;
-
-  for (index_t p = 0; p < count; ++p) {
-    const AttentionShape& s = problems[p].shape;
-    if (s.n_q == 0) continue;
-    const Mask& mask = *problems[p].mask;
-    const index_t rows = s.n_q * s.group;
-    if (rows <= tile_q) {
-      // Grouped: each KV head's rows form one tile. A task runs one key chunk
-      // for a block of KV heads, packing each key tile for all of them token
-      // by token (contiguous in a token-major cache); blocks are split only
-      // as far as the threads need tasks. Chunks depend on shapes only.
-      const KeyRange any = row_block_keys(mask, s.q_offset, s.q_offset + s.n_q, s.n_k).any;
-      const index_t t0 = any.begin / tile_k, t1 = any.end > any.begin ? ceil_div(any.end, tile_k) : t0;
-      const index_t nt = t1 - t0;
-      const index_t chunks = std::min(max_key_chunks, std::max<index_t>(1, nt / min_chunk_tiles));
-      index_t block = std::min(s.kv_heads, max_q_tiles);
-      while (block > 1 && chunks * ceil_div(s.kv_heads, block) < want_tasks) block = ceil_div(block, 2);
-      block = even_split(s.kv_heads, block);
-      for (index_t g0 = 0; g0 < s.kv_heads; g0 += block) {
-        const index_t g1 = std::min(s.kv_heads, g0 + block), heads_rows = (g1 - g0) * rows;
-        const index_t h0 = g0 * s.group, h1 = g1 * s.group;
-        if (chunks == 1) {
-          tasks.push_back({p, g0, g1, h0, h1, 0, 0, 0, all_tiles, none, none, std::max<index_t>(1, nt) * heads_rows});
-          continue;
-        }
-        const index_t m = static_cast<index_t>(merges.size());
-        merges.push_back({p, g0, g1, chunks, scratch_size, heads_rows});
-        scratch_size += chunks * heads_rows * (s.dim + 2);
-        for (index_t c = 0; c < chunks; ++c) {
-          const index_t b = t0 + nt * c / chunks, e = t0 + nt * (c + 1) / chunks;
-          tasks.push_back({p, g0, g1, h0, h1, 0, 0, b, e, c, m, (e - b) * heads_rows});
-        }
-      }
-      continue;
+// The rows of grouped KV heads [g0, g1): per KV head one tile of every query
+// head of that KV head, every row.
+template <class TQ, class KV>
+index_t grouped_rows(const Problem<TQ, KV>& pr, index_t g0, index_t g1, TileRow<TQ>* rows, TileSpan* spans) {
+  const AttentionShape& s = pr.shape;
+  index_t n = 0;
+  for (index_t g = g0; g < g1; ++g) {
+    spans[g - g0] = {n, s.n_q * s.group, g};
+    for (index_t hh = 0; hh < s.group; ++hh) {
+      const index_t h = g * s.group + hh;
+      for (index_t t = 0; t < s.n_q; ++t)
+        rows[n++] = {pr.q.row(t, h), pr.out.row(t, h), pr.lse ? pr.lse + h * s.n_q + t : nullptr, s.q_offset + t, h};
     }
-    // Prefill: a task is a block of (query head, query tile) pairs that share
-    // one KV head, so each key tile is packed once for all of them: up to
-    // group_cache_bytes of query tiles, fewer when the threads need more tasks.
-    const index_t q_tiles = ceil_div(s.n_q, tile_q);
-    const index_t dp = ceil_div(s.dim, S::width) * S::width;
-    const index_t fit = std::clamp<index_t>(group_cache_bytes / q_tile_bytes(dp), 1, max_q_tiles);
-    index_t heads = std::min(s.group, fit), tiles = std::min(q_tiles, std::max<index_t>(1, fit / heads));
-    auto task_count = [&] { return s.kv_heads * ceil_div(s.group, heads) * ceil_div(q_tiles, tiles); };
-    while (task_count() < want_tasks && tiles > 1) tiles = ceil_div(tiles, 2);
-    while (task_count() < want_tasks && heads > 1) heads = ceil_div(heads, 2);
-    tiles = even_split(q_tiles, tiles);
-    heads = even_split(s.group, heads);
-    tile_cost.assign(static_cast<size_t>(q_tiles), 0);
-    for (index_t t = 0; t < q_tiles; ++t) {
-      const index_t r0 = t * tile_q, r1 = std::min(s.n_q, r0 + tile_q);
-      const KeyRange any = row_block_keys(mask, s.q_offset + r0, s.q_offset + r1, s.n_k).any;
-      const index_t nt = any.end > any.begin ? ceil_div(any.end, tile_k) - any.begin / tile_k : 0;
-      tile_cost[static_cast<size_t>(t)] = std::max<index_t>(1, nt) * (r1 - r0);
-    }
-    for (index_t g = 0; g < s.kv_heads; ++g)
-      for (index_t h0 = g * s.group; h0 < (g + 1) * s.group; h0 += heads)
-        for (index_t t0 = 0; t0 < q_tiles; t0 += tiles) {
-          const index_t h1 = std::min((g + 1) * s.group, h0 + heads), t1 = std::min(q_tiles, t0 + tiles);
-          index_t cost = 0;
-          for (index_t t = t0; t < t1; ++t) cost += tile_cost[static_cast<size_t>(t)];
-          tasks.push_back({p, g, g + 1, h0, h1, t0, t1, 0, all_tiles, none, none, cost * (h1 - h0)});
-        }
   }
-  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
-  std::vector<float> scratch(static_cast<size_t>(scratch_size));
+  return n;
+}
 
-  // The rows of grouped KV heads [g0, g1): per KV head one tile of every
-  // query head of that KV head, every row.
-  auto grouped_rows = [&](const Problem<T, KV, Mask>& pr, index_t g0, index_t g1, TileRow<T>* rows,
-                          TileSpan* spans) {
-    const AttentionShape& s = pr.shape;
-    index_t n = 0;
-    for (index_t g = g0; g < g1; ++g) {
-      spans[g - g0] = {n, s.n_q * s.group, g};
-      for (index_t hh = 0; hh < s.group; ++hh) {
-        const index_t h = g * s.group + hh;
-        for (index_t t = 0; t < s.n_q; ++t)
-          rows[n++] = {pr.q.row(t, h), pr.out.row(t, h), pr.lse ? pr.lse + h * s.n_q + t : nullptr, s.q_offset + t};
+// Runs task i of the schedule.
+template <class TQ, class KV>
+void run_task(const Schedule& sch, RunState& state, const Problem<TQ, KV>* problems, const ScoreMods& mods,
+              index_t i) {
+  using S = simd::Native;
+  const Task& task = sch.tasks()[static_cast<size_t>(i)];
+  const Problem<TQ, KV>& pr = problems[task.problem];
+  const AttentionShape& s = pr.shape;
+  std::vector<TileRow<TQ>>& rows = thread_rows<TQ>();
+  TileSpan spans[max_q_tiles];
+  if (task.merge < 0 && s.n_q * s.group > tile_q) {
+    index_t n = 0, n_tiles = 0;
+    for (index_t h = task.head_begin; h < task.head_end; ++h)
+      for (index_t t = task.tile_begin; t < task.tile_end; ++t) {
+        const index_t r0 = t * tile_q, r1 = std::min(s.n_q, r0 + tile_q);
+        spans[n_tiles++] = {n, r1 - r0, task.kv_begin};
+        for (index_t r = r0; r < r1; ++r)
+          rows[static_cast<size_t>(n++)] = {pr.q.row(r, h), pr.out.row(r, h),
+                                            pr.lse ? pr.lse + h * s.n_q + r : nullptr, s.q_offset + r, h};
       }
-    }
-    return n;
-  };
+    attend_rows<S>(rows.data(), spans, n_tiles, 1, pr.kv, pr.bounds, s.n_k, s.dim, s.scale, task.key_begin,
+                   task.key_end, nullptr, mods);
+    return;
+  }
+  const index_t n = grouped_rows(pr, task.kv_begin, task.kv_end, rows.data(), spans);
+  const index_t n_tiles = task.kv_end - task.kv_begin;
+  if (task.merge < 0) {
+    attend_rows<S>(rows.data(), spans, n_tiles, s.group, pr.kv, pr.bounds, s.n_k, s.dim, s.scale, task.key_begin,
+                   task.key_end, nullptr, mods);
+    return;
+  }
+  const MergeJob& mj = sch.merges()[static_cast<size_t>(task.merge)];
+  float* base = state.scratch() + mj.offset;
+  float* const o = base;
+  float* const m = base + mj.chunks * n * s.dim;
+  float* const l = m + mj.chunks * n;
+  const PartialState part{o + task.chunk * n * s.dim, m + task.chunk * n, l + task.chunk * n};
+  attend_rows<S>(rows.data(), spans, n_tiles, s.group, pr.kv, pr.bounds, s.n_k, s.dim, s.scale, task.key_begin,
+                 task.key_end, &part, mods);
+  if (state.finish_chunk(task.merge, mj.chunks)) {
+    float w[max_key_chunks];
+    merge_chunks<TQ>(rows.data(), n, s.dim, mj.chunks, o, m, l, mods.sinks, w);
+  }
+}
 
-  parallel_for(opt, static_cast<index_t>(tasks.size()), [&](index_t i) {
-    const Task& task = tasks[static_cast<size_t>(i)];
-    const Problem<T, KV, Mask>& pr = problems[task.problem];
-    const AttentionShape& s = pr.shape;
-    std::vector<TileRow<T>>& rows = thread_rows<T>();
-    TileSpan spans[max_q_tiles];
-    if (task.merge == none && s.n_q * s.group > tile_q) {
-      index_t n = 0, n_tiles = 0;
-      for (index_t h = task.head_begin; h < task.head_end; ++h)
-        for (index_t t = task.tile_begin; t < task.tile_end; ++t) {
-          const index_t r0 = t * tile_q, r1 = std::min(s.n_q, r0 + tile_q);
-          spans[n_tiles++] = {n, r1 - r0, task.kv_begin};
-          for (index_t r = r0; r < r1; ++r)
-            rows[static_cast<size_t>(n++)] = {pr.q.row(r, h), pr.out.row(r, h),
-                                              pr.lse ? pr.lse + h * s.n_q + r : nullptr, s.q_offset + r};
-        }
-      attend_rows<S>(rows.data(), spans, n_tiles, 1, pr.kv, *pr.mask, s.n_k, s.dim, s.scale, task.key_begin,
-                     task.key_end, nullptr);
-      return;
-    }
-    const index_t n = grouped_rows(pr, task.kv_begin, task.kv_end, rows.data(), spans);
-    const index_t n_tiles = task.kv_end - task.kv_begin;
-    if (task.merge == none) {
-      attend_rows<S>(rows.data(), spans, n_tiles, s.group, pr.kv, *pr.mask, s.n_k, s.dim, s.scale,
-                     task.key_begin, task.key_end, nullptr);
-      return;
-    }
-    const MergeJob& mj = merges[static_cast<size_t>(task.merge)];
-    float* base = scratch.data() + mj.offset;
-    const PartialState st{base + task.chunk * n * s.dim, base + mj.chunks * n * s.dim + task.chunk * n,
-                          base + mj.chunks * n * (s.dim + 1) + task.chunk * n};
-    attend_rows<S>(rows.data(), spans, n_tiles, s.group, pr.kv, *pr.mask, s.n_k, s.dim, s.scale, task.key_begin,
-                   task.key_end, &st);
-  });
+// Every task, through the caller's parallel-for or the library's pool.
+template <class TQ, class KV>
+void run_all(const Schedule& sch, RunState& state, const Problem<TQ, KV>* problems, const ScoreMods& mods,
+             const HostExecution& exec) {
+  parallel_for(exec, static_cast<index_t>(sch.tasks().size()),
+               [&](index_t i) { run_task(sch, state, problems, mods, i); });
+}
 
-  parallel_for(opt, static_cast<index_t>(merges.size()), [&](index_t i) {
-    const MergeJob& mj = merges[static_cast<size_t>(i)];
-    const Problem<T, KV, Mask>& pr = problems[mj.problem];
-    std::vector<TileRow<T>>& rows = thread_rows<T>();
-    TileSpan spans[max_q_tiles];
-    const index_t n = grouped_rows(pr, mj.kv_begin, mj.kv_end, rows.data(), spans);
-    const float* base = scratch.data() + mj.offset;
-    merge_chunks<T>(rows.data(), n, pr.shape.dim, mj.chunks, base, base + mj.chunks * n * pr.shape.dim,
-                    base + mj.chunks * n * (pr.shape.dim + 1));
-  });
+// Thread ith of nth runs its share of the tasks: they are dealt in a snake
+// order (0..nth-1, then nth-1..0, ...) over the cost-sorted list, so every
+// thread gets a mix of large and small tasks. All nth threads must call this
+// for the run to complete; nothing is shared between them but the merges.
+template <class TQ, class KV>
+void run_share(const Schedule& sch, RunState& state, const Problem<TQ, KV>* problems, const ScoreMods& mods,
+               index_t ith, index_t nth) {
+  const index_t n = static_cast<index_t>(sch.tasks().size());
+  for (index_t round = 0; round * nth < n; ++round) {
+    const index_t i = round * nth + (round % 2 == 0 ? ith : nth - 1 - ith);
+    if (i < n) run_task(sch, state, problems, mods, i);
+  }
 }
 
 }  // inline namespace ISM_SIMD_NAMESPACE

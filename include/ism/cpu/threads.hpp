@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "ism/attention/options.hpp"
+#include "ism/core/options.hpp"
 
 namespace ism::cpu {
 
@@ -133,7 +133,7 @@ class ThreadPool {
 
 // Runs body(0..n-1) through the caller's parallel-for if it gave one, else on
 // the default pool with opt.threads threads (0: one per hardware thread).
-inline void parallel_for(const AttentionOptions& opt, index_t n, const std::function<void(index_t)>& body) {
+inline void parallel_for(const HostExecution& opt, index_t n, const std::function<void(index_t)>& body) {
   if (n <= 0) return;
   if (opt.parallel_for) {
     opt.parallel_for(n, body);

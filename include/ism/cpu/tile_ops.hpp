@@ -101,6 +101,48 @@ inline void with_block(int n, F&& f) {
   }
 }
 
+// 2^f-based tanh over the vocabulary: tanh|x| = (1 - t) / (1 + t) with
+// t = e^(-2|x|) = 2^(-2 log2(e) |x|), which lies in [0, 1] and so never
+// overflows (exp2 gives exactly 0 far out, and tanh exactly 1). The absolute
+// error is a few ulps of 1, which a softcap multiplies by the cap: scores move
+// by about cap * 2^-22 at most. NaN stays NaN.
+template <class S>
+inline typename S::V tanh(typename S::V x) {
+  using V = typename S::V;
+  const V t = S::exp2(S::mul(S::abs(x), S::set1(-2.f * 1.4426950408889634f)));
+  const V one = S::set1(1.f);
+  return S::copysign(S::div(S::sub(one, t), S::add(one, t)), x);
+}
+
+// The score modifiers, as passes over a tile's scores st[j][row] (keys
+// [0, nk), row vectors [0, nv)) before the softmax; each runs only when its
+// modifier is on, so a call without modifiers pays one branch per tile.
+// Softcap: the scores arrive divided by the cap and leave as
+// cap * log2(e) * tanh(score / cap).
+template <class S>
+inline void softcap_pass(float* st, index_t nv, index_t nk, float cap2) {
+  constexpr int W = S::width;
+  const typename S::V c = S::set1(cap2);
+  for (index_t j = 0; j < nk; ++j)
+    for (index_t iv = 0; iv < nv; ++iv) {
+      float* p = st + j * tile_q + iv * W;
+      S::store(p, S::mul(c, tanh<S>(S::load(p))));
+    }
+}
+// ALiBi: score -= slope * |i - j| per row, with the row's position relative to
+// the tile's first key in rel and its slope (log2 units) in slope.
+template <class S>
+inline void alibi_pass(float* st, const float* slope, const float* rel, index_t nv, index_t nk) {
+  constexpr int W = S::width;
+  for (index_t iv = 0; iv < nv; ++iv) {
+    const typename S::V neg = S::sub(S::zero(), S::load(slope + iv * W)), r = S::load(rel + iv * W);
+    for (index_t j = 0; j < nk; ++j) {
+      float* p = st + j * tile_q + iv * W;
+      S::store(p, S::fma(neg, S::abs(S::sub(r, S::set1(static_cast<float>(j)))), S::load(p)));
+    }
+  }
+}
+
 // Issues the prefetches for rows [done, upto) of ws.prefetch and advances done.
 inline void prefetch_rows(const TileBuffers& ws, index_t& done, index_t upto) {
   for (; done < upto; ++done) {
@@ -131,9 +173,11 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
   // arithmetic's own loads need.
   const index_t pf_half = ws.n_prefetch / 2;
   index_t pf_done = 0;
-  // A Full tile without padding keys takes each row's max while scoring,
-  // starting from the running max; alpha holds it until step 2 needs alpha.
-  const bool max_in_scores = !Partial && nk == nk_pad;
+  // A Full tile without padding keys and without score modifiers takes each
+  // row's max while scoring, starting from the running max; alpha holds it
+  // until step 2 needs alpha.
+  const bool modified = ws.softcap2 != 0.f || ws.alibi;
+  const bool max_in_scores = !Partial && nk == nk_pad && !modified;
   if (max_in_scores) std::copy(ws.m, ws.m + nv * W, ws.alpha);
   for (index_t j0 = 0; j0 < nk_pad; j0 += S::s_keys) {
     prefetch_rows(ws, pf_done, pf_half * (j0 + S::s_keys) / nk_pad);
@@ -145,6 +189,11 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
                                                        max_in_scores ? ws.alpha + iv0 * W : nullptr);
       });
     }
+  }
+
+  if (modified) {
+    if (ws.softcap2 != 0.f) softcap_pass<S>(ws.st, nv, nk, ws.softcap2);
+    if (ws.alibi) alibi_pass<S>(ws.st, ws.slope, ws.rel, nv, nk);
   }
 
   // 2. Online softmax, lane-wise per row. A row that has seen nothing yet has

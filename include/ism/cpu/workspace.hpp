@@ -38,12 +38,19 @@ inline constexpr index_t max_q_tiles = 16;
 //   o  [tile_q][dp]     its unnormalised output accumulator
 //   m, l, alpha, lo, hi [tile_q]: running max, running sum, rescale factor,
 //                       and the tile-relative key bounds of each row
+//   slope, rel [tile_q] ALiBi: each row's slope (log2 units) and its position
+//                       relative to the key tile's first key
 //   kp, vp [tile_k][dp] the key and value tile in fp32 (shared by the group)
 //   st [tile_k][tile_q] scores, then probabilities (transposed: rows in lanes)
 struct TileBuffers {
   index_t dp = 0;
   float *qt = nullptr, *o = nullptr, *m = nullptr, *l = nullptr, *alpha = nullptr, *lo = nullptr, *hi = nullptr;
+  float *slope = nullptr, *rel = nullptr;
   float *kp = nullptr, *vp = nullptr, *st = nullptr;
+  // Score modifiers (ScoreMods, in the units the scores are in): the softcap
+  // pass runs when softcap2 != 0, the ALiBi pass when alibi is set.
+  float softcap2 = 0.f;
+  bool alibi = false;
   // Cache rows the tile loop will touch soon (K/V rows of the next key tile,
   // Q rows of the next query tile, this tile's output rows): the step
   // prefetches them a few at a time between its multiply blocks, so their
@@ -55,7 +62,7 @@ struct TileBuffers {
 
 // Bytes of the per-query-tile buffers at padded dim dp: what a group of query
 // tiles keeps hot in cache while key tiles stream past it.
-inline constexpr index_t q_tile_bytes(index_t dp) { return (2 * dp * tile_q + 5 * tile_q) * index_t(sizeof(float)); }
+inline constexpr index_t q_tile_bytes(index_t dp) { return (2 * dp * tile_q + 7 * tile_q) * index_t(sizeof(float)); }
 
 // Owns the buffers of up to max_q_tiles query tiles and of one key tile per KV
 // head in use (a decode task runs several KV heads at once), the absolute key
@@ -90,7 +97,9 @@ class Workspace {
     b.l = p;  p += tile_q;
     b.alpha = p; p += tile_q;
     b.lo = p; p += tile_q;
-    b.hi = p;
+    b.hi = p;  p += tile_q;
+    b.slope = p; p += tile_q;
+    b.rel = p;
     return b;
   }
   // Absolute visible-key bounds [lo, hi) of row r of the group.

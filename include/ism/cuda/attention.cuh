@@ -7,8 +7,8 @@
 #include <atomic>
 #include <cstdint>
 
-#include "ism/attention/options.hpp"
-#include "ism/attention/validate.hpp"
+#include "ism/core/options.hpp"
+#include "ism/core/validate.hpp"
 #include "ism/cuda/block_plan.hpp"
 #include "ism/cuda/check.cuh"
 #include "ism/cuda/decode.cuh"

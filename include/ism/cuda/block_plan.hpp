@@ -10,7 +10,7 @@
 
 #include "ism/core/config.hpp"
 #include "ism/mask/segment.hpp"
-#include "ism/mask/tiles.hpp"
+#include "ism/mask/tile_kind.hpp"
 
 namespace ism::cuda {
 

@@ -3,7 +3,7 @@
 // the parameters every launch passes by value.
 #include <cstdint>
 
-#include "ism/attention/validate.hpp"
+#include "ism/core/validate.hpp"
 #include "ism/core/config.hpp"
 #include "ism/cuda/block_plan.hpp"
 #include "ism/cuda/check.cuh"

@@ -17,7 +17,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "ism/attention/options.hpp"
+#include "ism/core/options.hpp"
 #include "ism/core/errors.hpp"
 #include "ism/mask/segment_mask.hpp"
 

@@ -7,7 +7,8 @@
 #include <vector>
 
 #include "ism/core/errors.hpp"
-#include "ism/mask/tiles.hpp"
+#include "ism/core/query_window.hpp"
+#include "ism/mask/tile_kind.hpp"
 
 namespace ism {
 

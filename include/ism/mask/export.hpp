@@ -22,7 +22,6 @@
 
 #include "ism/core/errors.hpp"
 #include "ism/mask/dense.hpp"
-#include "ism/mask/tiles.hpp"
 
 namespace ism {
 

@@ -8,7 +8,7 @@
 // Row i therefore sees the single interval [lo(i), hi(i)) with lo(i) = start of
 // doc(i) and hi(i) = end of seg(i) (Bidirectional) or i + 1 (Causal). The mask
 // stores these two O(N) arrays, so keys(i) is two loads and a tile is classified
-// from its corner rows (see tiles.hpp). Padding positions belong to no document:
+// from its corner rows (see tile_kind.hpp). Padding positions belong to no document:
 // they see nothing and nobody sees them.
 //
 // A SegmentMask is an immutable value once built, except through the explicit

@@ -39,6 +39,13 @@ struct Avx512 {
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static V max(V a, V b) { return _mm512_maskz_max_ps(avx512_detail::all, a, b); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static V abs(V a) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff))); }
+  static V copysign(V mag, V sign) {
+    const __m512i m = _mm512_set1_epi32(0x7fffffff);
+    // (mag & m) | (sign & ~m): bitwise select in one VPTERNLOGD.
+    return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(m, _mm512_castps_si512(mag), _mm512_castps_si512(sign), 0xCA));
+  }
   static float reduce_add(V a) { return _mm512_reduce_add_ps(a); }
   static float reduce_max(V a) { return _mm512_reduce_max_ps(a); }
   static V keep_in_range(V x, V j, V lo, V hi, V fill) {

@@ -31,6 +31,9 @@ struct Neon {
   static V mul(V a, V b) { return vmulq_f32(a, b); }
   static V max(V a, V b) { return vmaxq_f32(a, b); }
   static V fma(V a, V b, V c) { return vfmaq_f32(c, a, b); }
+  static V div(V a, V b) { return vdivq_f32(a, b); }
+  static V abs(V a) { return vabsq_f32(a); }
+  static V copysign(V mag, V sign) { return vbslq_f32(vdupq_n_u32(0x7fffffffu), mag, sign); }
   static float reduce_add(V a) { return vaddvq_f32(a); }
   static float reduce_max(V a) { return vmaxvq_f32(a); }
   static V keep_in_range(V x, V j, V lo, V hi, V fill) {

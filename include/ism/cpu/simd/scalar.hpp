@@ -28,6 +28,9 @@ struct Scalar {
   static V mul(V a, V b) { return a * b; }
   static V max(V a, V b) { return a > b ? a : b; }  // b when either is NaN, as x86
   static V fma(V a, V b, V c) { return std::fma(a, b, c); }  // a * b + c
+  static V div(V a, V b) { return a / b; }
+  static V abs(V a) { return std::fabs(a); }
+  static V copysign(V mag, V sign) { return std::copysign(mag, sign); }  // |mag| with sign's sign bit
   static float reduce_add(V a) { return a; }
   static float reduce_max(V a) { return a; }
   // x where lo <= j < hi (per lane), else fill.

@@ -6,6 +6,7 @@
 // of the indirection is one call per row, not per element.
 //
 // A KV source type S provides:
+//   using S::element_type;       // what a row holds (float, Eigen::bfloat16, ...)
 //   index_t S::tokens() const;   // cached tokens (keys [0, tokens()))
 //   index_t S::heads() const;    // KV heads
 //   index_t S::dim() const;      // elements per row
@@ -18,6 +19,7 @@ namespace ism {
 // K and V as two strided views (any token / head strides, dim contiguous).
 template <class T>
 struct ContiguousKV {
+  using element_type = T;
   HeadsView<const T> k, v;
 
   index_t tokens() const { return k.tokens; }

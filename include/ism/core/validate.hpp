@@ -4,26 +4,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
-#include "ism/attention/options.hpp"
 #include "ism/core/errors.hpp"
+#include "ism/core/options.hpp"
+#include "ism/core/query_window.hpp"
+#include "ism/core/shape.hpp"
 #include "ism/core/views.hpp"
-#include "ism/mask/dense.hpp"
 
 namespace ism {
-
-// The checked, resolved shape of one attention call.
-struct AttentionShape {
-  index_t n_q = 0;       // query rows
-  index_t n_k = 0;       // cached keys
-  index_t q_heads = 0;
-  index_t kv_heads = 0;
-  index_t group = 1;     // query heads per KV head (GQA / MQA)
-  index_t dim = 0;
-  index_t q_offset = 0;  // absolute position of query row 0
-  float scale = 1.f;
-};
 
 namespace detail {
 
@@ -81,6 +71,36 @@ void check_rows_distinct(const char* where, const char* name, const HeadsView<T>
 
 }  // namespace detail
 
+namespace detail {
+
+// Byte range of n floats at p (empty for a null p).
+inline ByteSpan float_span(const float* p, index_t n) {
+  if (p == nullptr || n <= 0) return {};
+  const auto first = reinterpret_cast<std::uintptr_t>(p);
+  return {first, first + static_cast<std::uintptr_t>(n) * sizeof(float)};
+}
+
+// The score modifiers of AttentionOptions: their values (O(q_heads) reads)
+// and that the output does not overlap them.
+inline void check_modifiers(const char* where, const AttentionOptions& opt, const AttentionShape& s,
+                            const ByteSpan& out) {
+  if (!std::isfinite(opt.softcap) || opt.softcap < 0.f)
+    fail(where, "options.softcap = ", opt.softcap, " must be finite and >= 0 (0: off)");
+  if (opt.softcap > 0.f && !std::isfinite(s.scale / opt.softcap))
+    fail(where, "options.softcap = ", opt.softcap, " is too small for scale = ", s.scale,
+         " (scale / softcap overflows)");
+  for (index_t h = 0; opt.sinks && h < s.q_heads; ++h)
+    if (std::isnan(opt.sinks[h]) || opt.sinks[h] == std::numeric_limits<float>::infinity())
+      fail(where, "options.sinks[", h, "] = ", opt.sinks[h], " must be finite or -infinity (no sink)");
+  for (index_t h = 0; opt.alibi_slopes && h < s.q_heads; ++h)
+    if (!std::isfinite(opt.alibi_slopes[h]))
+      fail(where, "options.alibi_slopes[", h, "] = ", opt.alibi_slopes[h], " is not finite");
+  if (out.overlaps(float_span(opt.sinks, s.q_heads))) fail(where, "out overlaps options.sinks");
+  if (out.overlaps(float_span(opt.alibi_slopes, s.q_heads))) fail(where, "out overlaps options.alibi_slopes");
+}
+
+}  // namespace detail
+
 // Checks every argument of an attention call; throws ism::invalid_argument
 // naming the argument and its value. Out must not overlap q, k, v or lse
 // (checked on the byte ranges the views span).
@@ -128,26 +148,34 @@ AttentionShape check_attention(const char* where, const HeadsView<Q>& q, const H
   if (so.overlaps(sq)) fail(where, "out overlaps q (in-place attention is not supported)");
   if (so.overlaps(sk)) fail(where, "out overlaps k");
   if (so.overlaps(sv)) fail(where, "out overlaps v");
+  detail::check_modifiers(where, opt, s, so);
   if (opt.lse != nullptr && s.n_q > 0) {
     index_t n = 0;
     if (detail::mul_overflows(s.q_heads, s.n_q, &n) || detail::mul_overflows(n, index_t(sizeof(float)), &n))
       fail(where, "options.lse size q.heads * q.tokens overflows");
-    const auto first = reinterpret_cast<std::uintptr_t>(opt.lse);
-    const detail::ByteSpan sl{first, first + static_cast<std::uintptr_t>(n)};
+    const detail::ByteSpan sl = detail::float_span(opt.lse, s.q_heads * s.n_q);
     if (sl.overlaps(so)) fail(where, "options.lse overlaps out");
     if (sl.overlaps(sq) || sl.overlaps(sk) || sl.overlaps(sv)) fail(where, "options.lse overlaps an input");
+    if (sl.overlaps(detail::float_span(opt.sinks, s.q_heads)) ||
+        sl.overlaps(detail::float_span(opt.alibi_slopes, s.q_heads)))
+      fail(where, "options.lse overlaps an input");
   }
   return s;
 }
 
 namespace detail {
 
-// attention_batch: requests of one batch run at the same time, so no request may write memory
+// The memory one request of a batch reads (q, k, v: for a paged cache its
+// pools) and writes (out, lse).
+struct RequestSpans {
+  ByteSpan q, k, v, out, lse;
+};
+
+// Requests of one batch run at the same time, so no request may write memory
 // that another request reads or writes (each request's own views were checked
 // by check_attention). Written spans (out, lse) are sorted once; every span then
 // finds the written spans it meets by binary search: O(R log R) for R requests.
-template <class Request>
-void check_requests_disjoint(const char* where, const std::vector<Request>& requests) {
+inline void check_requests_disjoint(const char* where, const std::vector<RequestSpans>& requests) {
   struct Span {
     ByteSpan bytes;
     size_t request;
@@ -155,17 +183,12 @@ void check_requests_disjoint(const char* where, const std::vector<Request>& requ
   };
   std::vector<Span> written, all;
   for (size_t i = 0; i < requests.size(); ++i) {
-    const Request& r = requests[i];
-    const Span out{check_view(where, "out", r.out), i, "out"};
-    written.push_back(out);
-    if (r.lse != nullptr && r.q.tokens > 0) {
-      const auto first = reinterpret_cast<std::uintptr_t>(r.lse);
-      const auto bytes = static_cast<std::uintptr_t>(r.q.heads * r.q.tokens) * sizeof(float);
-      written.push_back({{first, first + bytes}, i, "lse"});
-    }
-    all.push_back({check_view(where, "q", r.q), i, "q"});
-    all.push_back({check_view(where, "k", r.k), i, "k"});
-    all.push_back({check_view(where, "v", r.v), i, "v"});
+    const RequestSpans& r = requests[i];
+    written.push_back({r.out, i, "out"});
+    written.push_back({r.lse, i, "lse"});
+    all.push_back({r.q, i, "q"});
+    all.push_back({r.k, i, "k"});
+    all.push_back({r.v, i, "v"});
   }
   all.insert(all.end(), written.begin(), written.end());
   written.erase(std::remove_if(written.begin(), written.end(), [](const Span& s) { return s.bytes.empty(); }),
