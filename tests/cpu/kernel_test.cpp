@@ -7,16 +7,6 @@
 #include <cstring>
 #include <set>
 
-#include "ism/core/config.hpp"
-
-// The kernel's test hook (cpu/kernel.hpp): count every visited (query head,
-// query tile, key tile). Defined before any kernel header is included.
-namespace ism_test {
-inline std::atomic<ism::index_t>* visited_tiles = nullptr;
-}
-#define ISM_CPU_ON_TILE_VISIT(heads) \
-  (::ism_test::visited_tiles ? (void)::ism_test::visited_tiles->fetch_add(heads) : (void)0)
-
 #include "cpu/kernel_test_util.hpp"
 
 namespace ism_test {

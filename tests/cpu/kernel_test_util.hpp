@@ -7,6 +7,7 @@
 #include <string>
 #include <variant>
 
+#include "cpu/visit_hook.hpp"  // first: before any ism header
 #include "common/testing.hpp"
 
 namespace ism_test {
