@@ -88,7 +88,7 @@ inline RandomLayout random_layout(Rng& rng, int max_docs = 3, int max_segs = 8, 
   return l;
 }
 
-// The rule of DESIGN.md section 1, literally: per-position doc and segment ids.
+// The rule of docs/DESIGN.md section 1, literally: per-position doc and segment ids.
 struct BruteForceRule {
   std::vector<index_t> doc, seg;
   std::vector<ism::Attend> mode;

@@ -1,6 +1,6 @@
 // Fuzz target: bytes -> segment lists, boundaries, growth calls, windows and
 // tiles. Every builder and materialiser must either throw ism::invalid_argument
-// or agree with the mask rule of DESIGN.md section 1, written here a second
+// or agree with the mask rule of docs/DESIGN.md section 1, written here a second
 // time, literally, from per-position document and segment ids.
 #include <cmath>
 #include <cstdint>

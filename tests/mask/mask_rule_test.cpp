@@ -1,4 +1,4 @@
-// The mask rule of DESIGN.md section 1, checked pair by pair against the literal
+// The mask rule of docs/DESIGN.md section 1, checked pair by pair against the literal
 // definition on random layouts, for every accessor and materialiser.
 #include "common/testing.hpp"
 

@@ -1,4 +1,4 @@
-// One test per bad input of DESIGN.md section 2: the exception derives from
+// One test per bad input of docs/DESIGN.md section 2: the exception derives from
 // std::invalid_argument, its message names the argument and the value, and
 // nothing is written to the outputs.
 #include "common/testing.hpp"

@@ -1,5 +1,5 @@
 #pragma once
-// ism::cuda::attention: the DESIGN section 2 contract on device buffers and a
+// ism::cuda::attention: the docs/DESIGN.md section 2 contract on device buffers and a
 // stream. q, k, v, out (and options.lse) are device pointers; the mask is a
 // simple mask by value or a DeviceMask. Arguments are checked on the host
 // before anything is launched (nothing is written when the call throws); the

@@ -12,7 +12,7 @@
 //   ggml_kq_mask                    ggml_flash_attn_ext's fp16 additive mask
 //
 // Every mask here gives each row one key interval whose ends never decrease
-// with the row (DESIGN.md section 1); the column-wise and block formats rely on
+// with the row (docs/DESIGN.md section 1); the column-wise and block formats rely on
 // that and check it, so a policy that breaks it is reported, not mis-exported.
 #include <Eigen/Core>
 #include <algorithm>
