@@ -1,10 +1,13 @@
 // Fuzz target: bytes -> one ism::attention call on a small shape (zero or one
 // token, dim 1, GQA, offsets, padded strides, every mask kind, fp32 / bf16 /
-// fp16, with or without LSE), checked against the fp64 reference. One case in
-// four breaks the call in one known way (negative or zero sizes, heads that do
-// not divide, null data, strides whose extent overflows, overlapping outputs,
-// bad options): then it must throw ism::invalid_argument and write nothing.
-// Output padding between rows must never be written either.
+// fp16, with or without LSE, with or without softcap, sinks and ALiBi),
+// checked against the fp64 reference; the same call through a paged cache, a
+// one-request AttentionPlan run task by task, and (16-bit caches) with fp32
+// Q/out must agree. One case in four breaks the call in one known way
+// (negative or zero sizes, heads that do not divide, null data, strides whose
+// extent overflows, overlapping outputs, bad options or modifiers): then it
+// must throw ism::invalid_argument and write nothing. Output padding between
+// rows must never be written either.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -94,6 +97,60 @@ void check_paged(Input& in, std::mt19937& gen, ism::HeadsView<const T> q, ism::H
     ISM_FUZZ_CHECK(std::memcmp(&opt.lse[i], &lse2[size_t(i)], sizeof(float)) == 0, i);
 }
 
+// The same call as a one-request AttentionPlan, its tasks run one at a time in
+// reverse order, must give the same bits.
+template <class T, class Mask>
+void check_plan(Input& in, ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v,
+                ism::HeadsView<T> out, const Mask& mask, const ism::AttentionOptions& opt, const float* lse) {
+  ism::RequestShape shape{q.tokens, k.tokens, q.heads, k.heads, q.dim, opt.q_offset};
+  ism::HostExecution budget;
+  budget.threads = int(in.small(1, 4));
+  ism::AttentionPlan plan({ism::plan_request(shape, mask)}, budget);
+  std::vector<T> buf(size_t(std::max<index_t>(1, out.tokens * out.heads * q.dim)), T(42.f));
+  std::vector<float> lse2(size_t(out.heads * out.tokens) + 1, 7.f);
+  std::vector<ism::RequestBuffers<T, ism::ContiguousKV<T>>> bufs(1);
+  bufs[0].q = q;
+  bufs[0].kv = {k, v};
+  bufs[0].out = {buf.data(), out.tokens, out.heads, q.dim, out.heads * q.dim, q.dim};
+  bufs[0].lse = opt.lse ? lse2.data() : nullptr;
+  ism::AttentionOptions o = opt;
+  o.q_offset = -1;
+  o.lse = nullptr;
+  const auto run = plan.bind(bufs, o);
+  for (index_t i = run.tasks() - 1; i >= 0; --i) run.run_task(i);
+  for (index_t t = 0; t < out.tokens; ++t)
+    for (index_t h = 0; h < out.heads; ++h)
+      for (index_t d = 0; d < q.dim; ++d)
+        ISM_FUZZ_CHECK(std::memcmp(&out(t, h, d), &bufs[0].out(t, h, d), sizeof(T)) == 0, t, h, d);
+  for (index_t i = 0; opt.lse && i < out.heads * out.tokens; ++i)
+    ISM_FUZZ_CHECK(std::memcmp(&lse[i], &lse2[size_t(i)], sizeof(float)) == 0, i);
+}
+
+// fp32 Q/out over the 16-bit K/V: within fp32 accuracy of the fp64
+// reference on the same (16-bit) keys and values.
+template <class T, class Mask>
+void check_mixed(ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v,
+                 ism::HeadsView<T> out, const Mask& mask, const ism::AttentionOptions& opt, float amp) {
+  const index_t n = std::max<index_t>(1, q.tokens * q.heads * q.dim);
+  std::vector<float> qf(static_cast<size_t>(n)), of(static_cast<size_t>(n), 42.f);
+  const ism::HeadsView<float> q32{qf.data(), q.tokens, q.heads, q.dim, q.heads * q.dim, q.dim};
+  const ism::HeadsView<float> o32{of.data(), q.tokens, q.heads, q.dim, q.heads * q.dim, q.dim};
+  for (index_t t = 0; t < q.tokens; ++t)
+    for (index_t h = 0; h < q.heads; ++h)
+      for (index_t d = 0; d < q.dim; ++d) q32(t, h, d) = float(q(t, h, d));
+  ism::AttentionOptions o = opt;
+  o.lse = nullptr;
+  ism::attention(ism::as_const(q32), k, v, o32, mask, o);
+  std::vector<double> ref_buf(static_cast<size_t>(n));
+  const ism::HeadsView<double> ref{ref_buf.data(), q.tokens, q.heads, q.dim, q.heads * q.dim, q.dim};
+  ism::reference_attention_into<float, double, double>(ism::as_const(q32), k, v, ref, mask, o, (double*)nullptr);
+  for (index_t t = 0; t < q.tokens; ++t)
+    for (index_t h = 0; h < q.heads; ++h)
+      for (index_t d = 0; d < q.dim; ++d)
+        ISM_FUZZ_CHECK(std::abs(double(o32(t, h, d)) - ref(t, h, d)) <= 1e-4 * amp * (1 + 0.05 * o.softcap), t, h, d);
+  (void)out;
+}
+
 template <class T, class Mask>
 void run_case(Input& in, const Mask& mask, const Shape& s, int hostile) {
   std::mt19937 gen(static_cast<std::uint32_t>(in.u64()));
@@ -115,10 +172,22 @@ void run_case(Input& in, const Mask& mask, const Shape& s, int hostile) {
   opt.threads = s.threads;
   opt.scale = s.scale;
   opt.lse = s.lse ? lse.data() : nullptr;
+  // Score modifiers in one case in three.
+  std::vector<float> sinks(static_cast<size_t>(heads)), slopes(static_cast<size_t>(heads));
+  const int mods = in.small(0, 2) == 0 ? int(in.small(1, 7)) : 0;
+  if (mods & 1) opt.softcap = float(in.small(1, 500)) / 10.f;
+  if (mods & 2) {
+    for (auto& x : sinks) x = in.small(0, 7) == 0 ? -std::numeric_limits<float>::infinity() : float(in.small(0, 60)) / 10.f - 3.f;
+    opt.sinks = sinks.data();
+  }
+  if (mods & 4) {
+    for (auto& x : slopes) x = float(in.small(0, 100)) / 100.f;
+    opt.alibi_slopes = slopes.data();
+  }
 
   if (hostile >= 0) {
     // Each break applies only where it is sure to make the call invalid.
-    switch (hostile % 13) {
+    switch (hostile % 16) {
       case 0: qv.tokens = -1 - in.small(0, 3); break;
       case 1: kv.heads = vv.heads = 0; break;
       case 2:
@@ -147,6 +216,16 @@ void run_case(Input& in, const Mask& mask, const Shape& s, int hostile) {
         ov.token_stride = 0;
         if (heads > 1) ov.head_stride = 0;
         break;
+      case 13: opt.softcap = in.coin() ? -1.f : std::numeric_limits<float>::quiet_NaN(); break;
+      case 14:
+        sinks[size_t(in.small(0, heads - 1))] = in.coin() ? std::numeric_limits<float>::quiet_NaN()
+                                                         : std::numeric_limits<float>::infinity();
+        opt.sinks = sinks.data();
+        break;
+      case 15:
+        slopes[size_t(in.small(0, heads - 1))] = std::numeric_limits<float>::infinity();
+        opt.alibi_slopes = slopes.data();
+        break;
       default:
         if (s.n_q == 0) return;
         opt.lse = reinterpret_cast<float*>(out.buf.data());
@@ -155,9 +234,9 @@ void run_case(Input& in, const Mask& mask, const Shape& s, int hostile) {
     const std::vector<T> before = out.buf;
     const std::vector<float> lse_before = lse;
     const bool threw = ism_fuzz::throws_invalid([&] { ism::attention<T>(qv, kv, vv, ov, mask, opt); });
-    ISM_FUZZ_CHECK(threw, hostile % 13);
-    ISM_FUZZ_CHECK(std::memcmp(before.data(), out.buf.data(), before.size() * sizeof(T)) == 0, hostile % 13);
-    ISM_FUZZ_CHECK(lse_before == lse, hostile % 13);
+    ISM_FUZZ_CHECK(threw, hostile % 16);
+    ISM_FUZZ_CHECK(std::memcmp(before.data(), out.buf.data(), before.size() * sizeof(T)) == 0, hostile % 16);
+    ISM_FUZZ_CHECK(lse_before == lse, hostile % 16);
     return;
   }
 
@@ -186,7 +265,7 @@ void run_case(Input& in, const Mask& mask, const Shape& s, int hostile) {
         const T* p = &ov(t, h, d);
         written[size_t(p - out.buf.data())] = 1;
         const double got = double(float(*p)), want = ref(t, h, d);
-        const double tol = eps<T>() * std::abs(want) + 1e-4 * amp;
+        const double tol = eps<T>() * std::abs(want) + 1e-4 * amp + 4e-6 * opt.softcap * amp;
         ISM_FUZZ_CHECK(std::abs(got - want) <= tol, t, h, d);
       }
   for (size_t i = 0; i < out.buf.size(); ++i)
@@ -200,6 +279,9 @@ void run_case(Input& in, const Mask& mask, const Shape& s, int hostile) {
     ISM_FUZZ_CHECK(lse[size_t(heads * s.n_q)] == 7.f);  // one past the end
   }
   if (in.coin()) check_paged(in, gen, qv, kv, vv, ov, mask, opt);
+  if (in.coin()) check_plan(in, qv, kv, vv, ov, mask, opt, lse.data());
+  if constexpr (!std::is_same_v<T, float>)
+    if (in.coin()) check_mixed(qv, kv, vv, ov, mask, opt, amp);
 }
 
 // The mask, then the call. Layout lengths cover the window unless the bytes
