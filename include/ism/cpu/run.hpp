@@ -29,7 +29,7 @@ class RunState {
   RunState() = default;
   explicit RunState(const Schedule& s)
       : scratch_(static_cast<size_t>(s.scratch_floats())),
-        done_(new std::atomic<index_t>[s.merges().size()]),
+        done_(s.merges().empty() ? nullptr : new std::atomic<index_t>[s.merges().size()]),
         merges_(s.merges().size()) {
     reset();
   }
