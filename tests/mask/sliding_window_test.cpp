@@ -244,6 +244,7 @@ TEST(SlidingWindow, BadInputIsRejected) {
     expect_invalid([&] { ism::sliding_window(ism::causal_mask(), w); }, {"ism::sliding_window", value.c_str()});
     expect_invalid([&] { ism::sliding_window(ism::sliding_window(ism::causal_mask(), 4), w); },
                    {"ism::sliding_window", value.c_str()});
+    expect_invalid([&] { ism::Dialogue d(ism::DialogueMask::Ism, w); }, {"ism::Dialogue", value.c_str()});
   }
   const auto m = ism::sliding_window(ism::ism_mask({0, 3, 7}), 2);
   expect_invalid([&] { ism::is_safe_split(m, 8); }, {"ism::is_safe_split", "p = 8", "[0, 7]"});
