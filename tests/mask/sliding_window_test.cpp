@@ -157,6 +157,10 @@ TEST(SlidingWindow, ExtremeWindowsAndPositions) {
   EXPECT_TRUE(one.allowed(big - 1, big - 1));
   EXPECT_FALSE(one.allowed(big - 1, 0));
   EXPECT_TRUE(ism::sliding_window(ism::causal_mask(), big).allowed(big - 1, 0));
+  // p = unbounded is past every row of a mask without a layout.
+  EXPECT_EQ(ism::first_needed_key(ism::sliding_window(ism::prefix_mask(3), 5), big), big - 4);
+  EXPECT_EQ(ism::first_needed_key(ism::causal_mask(), big), 0);
+  EXPECT_TRUE(ism::is_safe_split(ism::causal_mask(), big));
 }
 
 // is_safe_split over any policy, against its definition: no row before p sees

@@ -63,7 +63,8 @@ template <class Mask>
 index_t first_needed_key(const Mask& mask, index_t p) {
   detail::check_split_position("ism::first_needed_key", mask, p);
   if (p == 0) return 0;
-  const index_t row = mask.length() != unbounded && p == mask.length() ? p - 1 : p;
+  // (For a mask without a layout p = length() = unbounded is past every row.)
+  const index_t row = p == mask.length() ? p - 1 : p;
   return std::min(p, std::max<index_t>(0, mask.keys(row).begin));
 }
 
