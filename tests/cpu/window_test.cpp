@@ -1,6 +1,7 @@
 // Sliding windows through the fused CPU kernel, against the fp64 reference:
 // every mask kind within a window, windows with softcap and sinks, ALiBi with
-// GQA, contiguous and paged caches (pages dropped in front of the window),
+// GQA, split-key decode inside a window, contiguous and paged caches (pages
+// dropped in front of the window),
 // a plan mixing windowed and plain requests; windows of 1, of N and beyond;
 // and the visit counter showing that no tile outside a window is touched.
 // Compiled once per instruction set, like kernel_test.cpp.
@@ -196,6 +197,37 @@ TEST(CpuWindow, AlibiWithGqaWithinAWindow) {
     if (rng.coin(0.3)) m.softcap = float(rng.real(1, 30));
     if (rng.coin(0.3)) m.sinks = random_sinks(rng, s.heads);
     ISM_WINDOW_TRACE(desc << " alibi, softcap " << m.softcap << " sinks " << m.sinks.size(), s, w);
+    std::visit([&](const auto& mk) { run_and_check(s, ism::sliding_window(mk, w), m, rng, &worst); }, inner);
+    if (HasFatalFailure()) return;
+  }
+  std::printf("worst error / tolerance: %.3f\n", worst);
+}
+
+// Decode rows whose window still spans 16 key tiles and more: the split-key
+// path (key chunks of the window only, merged by LSE, sinks joining at the
+// merge), with every modifier on or off.
+TEST(CpuWindow, SplitKeyDecodeWithinAWindow) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  double worst = 0;
+  for (int it = 0; it < 8; ++it) {
+    Shape s;
+    s.n_k = rng.uniform(1100, 2100);
+    s.n_q = rng.uniform(1, 2);
+    s.q_offset = s.n_k - s.n_q;
+    s.kv_heads = rng.uniform(1, 2);
+    s.heads = s.kv_heads * (index_t(1) << rng.uniform(0, 3));
+    s.dim = rng.coin() ? 8 : 16;
+    s.layout = int(rng.uniform(0, 2));
+    std::string desc;
+    const AnyMask inner = make_mask(MaskKind(rng.uniform(1, 4)), s.n_k, rng, &desc);
+    const index_t w = rng.coin(0.7) ? rng.uniform(16 * ism::cpu::tile_k, s.n_k + 10) : random_window(rng, s.n_k);
+    Mods m;
+    if (rng.coin()) m.softcap = float(rng.real(1, 30));
+    if (rng.coin()) m.sinks = random_sinks(rng, s.heads);
+    if (rng.coin()) m.slopes = ism::ggml_alibi_slopes(s.heads, 8.f);
+    ISM_WINDOW_TRACE(desc << " softcap " << m.softcap << " sinks " << m.sinks.size() << " alibi " << m.slopes.size(),
+                     s, w);
     std::visit([&](const auto& mk) { run_and_check(s, ism::sliding_window(mk, w), m, rng, &worst); }, inner);
     if (HasFatalFailure()) return;
   }
