@@ -5,6 +5,8 @@
 //
 //   core/                   index type, errors, views, shapes, options, checks
 //   mask/segment_mask.hpp   the mask rule, and the layouts of turns it reads
+//   mask/sliding_window.hpp any mask within |i - j| < window
+//   mask/kv_reuse.hpp       safe splits and droppable cache keys, for any mask
 //   mask/tile_kind.hpp      Empty / Full / Partial tiles from corner rows
 //   kv/                     KV sources: contiguous, paged views, the page pool
 //   attention/              the CPU entry points: attention, batch, plan
@@ -28,9 +30,11 @@
 #include "ism/mask/block_map.hpp"
 #include "ism/mask/dense.hpp"
 #include "ism/mask/export.hpp"
+#include "ism/mask/kv_reuse.hpp"
 #include "ism/mask/query_bounds.hpp"
 #include "ism/mask/segment.hpp"
 #include "ism/mask/segment_mask.hpp"
 #include "ism/mask/simple_masks.hpp"
+#include "ism/mask/sliding_window.hpp"
 #include "ism/mask/tile_kind.hpp"
 #include "ism/reference.hpp"

@@ -1,10 +1,13 @@
 // Exporters: every format, decoded back, is exactly ism::dense_mask<bool> of
-// the same window, for random layouts, causal, prefix-LM and full masks.
+// the same window, for random layouts, causal, prefix-LM and full masks, with
+// and without sliding windows; ggml's ALiBi distances, slopes and arithmetic.
 #include "ism/mask/export.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
+#include <vector>
 
 #include "common/testing.hpp"
 
@@ -106,6 +109,140 @@ TEST(Export, EveryFormatDecodesToTheDenseMask) {
     check_exports(rng, ism::causal_mask(), len);
     check_exports(rng, ism::prefix_mask(rng.uniform(0, len)), len);
     check_exports(rng, ism::full_mask(), len);
+  }
+}
+
+// Sliding windows go through every format like any other policy: windows of
+// 1, small, about the length, and beyond it, over layouts and simple masks.
+TEST(Export, SlidingWindowsDecodeToTheDenseMask) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  auto window = [&](index_t len) {
+    const index_t pick = rng.uniform(0, 3);
+    return pick == 0 ? index_t(1) : pick == 1 ? rng.uniform(2, 6) : pick == 2 ? len : len + rng.uniform(1, 10);
+  };
+  for (int iter = 0; iter < 100; ++iter) {
+    const RandomLayout layout = random_layout(rng, 3, 6, 16);
+    const auto inner = layout.mask();
+    const index_t w = window(inner.length());
+    SCOPED_TRACE(layout.describe() + " window " + std::to_string(w));
+    check_exports(rng, ism::sliding_window(inner, w), inner.length());
+    check_exports(rng, ism::sliding_window(inner.bounds(), w), inner.length());
+  }
+  for (int iter = 0; iter < 30; ++iter) {
+    const index_t len = rng.uniform(1, 70), w = window(len);
+    SCOPED_TRACE("window " + std::to_string(w));
+    check_exports(rng, ism::sliding_window(ism::causal_mask(), w), len);
+    check_exports(rng, ism::sliding_window(ism::prefix_mask(rng.uniform(0, len)), w), len);
+    check_exports(rng, ism::sliding_window(ism::full_mask(), w), len);
+  }
+}
+
+// ggml's ALiBi reads -|i - j| from the mask where visible and scales it by the
+// head's slope, which it derives from max_bias.
+TEST(Export, GgmlAlibiDistancesAndSlopes) {
+  const auto mask = ism::sliding_window(ism::ism_mask({0, 3, 6, 9}), 4);
+  const index_t off = 2, n_q = 7, n_k = 9;
+  const auto gg = ism::ggml_kq_mask(mask, n_q, n_k, off, 8, ism::GgmlKqValues::AlibiDistance);
+  const auto dense = ism::dense_mask<bool>(mask, n_q, n_k, off);
+  EXPECT_EQ(gg.n_batch_pad, 8);
+  for (index_t r = 0; r < gg.n_batch_pad; ++r)
+    for (index_t j = 0; j < n_k; ++j) {
+      const float x = float(gg.at(r, j));
+      if (r < n_q && dense(r, j)) {
+        EXPECT_EQ(x, -float(std::abs(off + r - j))) << "row " << r << " col " << j;
+      } else {
+        EXPECT_TRUE(std::isinf(x) && x < 0) << "row " << r << " col " << j;
+      }
+    }
+  // Distances F16 cannot hold are refused; a window keeps them small.
+  expect_invalid([] { ism::ggml_kq_mask(ism::full_mask(), 1, 70000, 0, 1, ism::GgmlKqValues::AlibiDistance); },
+                 {"ism::ggml_kq_mask", "distance 69999", "65504"});
+  const auto far = ism::ggml_kq_mask(ism::sliding_window(ism::full_mask(), 3000), 1, 70000, 66000, 1,
+                                     ism::GgmlKqValues::AlibiDistance);
+  EXPECT_EQ(float(far.at(0, 66000 - 2999)), -3000.f);  // F16 steps by 2 above 2048 (ties to even)
+  EXPECT_EQ(float(far.at(0, 66000 - 2048)), -2048.f);
+
+  // slope_h: 2^-(8/n)(h+1) for the first n = 8 heads, then the odd powers of 2^-(4/n).
+  const auto s8 = ism::ggml_alibi_slopes(8, 8.f);
+  for (index_t h = 0; h < 8; ++h) EXPECT_FLOAT_EQ(s8[size_t(h)], std::ldexp(1.f, -int(h) - 1)) << h;
+  const auto s12 = ism::ggml_alibi_slopes(12, 8.f);
+  for (index_t h = 8; h < 12; ++h) EXPECT_FLOAT_EQ(s12[size_t(h)], std::exp2(-0.5f * float(2 * (h - 8) + 1))) << h;
+  for (float s : ism::ggml_alibi_slopes(5, 0.f)) EXPECT_EQ(s, 1.f);
+  expect_invalid([] { ism::ggml_alibi_slopes(0, 8.f); }, {"ism::ggml_alibi_slopes", "n_head = 0"});
+  expect_invalid([] { ism::ggml_alibi_slopes(4, -1.f); }, {"max_bias = -1"});
+  expect_invalid([] { ism::ggml_alibi_slopes(4, std::nanf("")); }, {"max_bias = nan"});
+}
+
+// The mapping export.hpp documents, checked end to end: ggml_flash_attn_ext's
+// arithmetic (scale, softcap, + slope * mask value, sinks in the denominator)
+// written out in fp64 on the exported mask and ggml's slopes, against the
+// fp64 reference run with the matching AttentionOptions.
+TEST(Export, GgmlArithmeticOnTheExportedMaskIsTheReference) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  for (int iter = 0; iter < 40; ++iter) {
+    const RandomLayout layout = random_layout(rng, 2, 5, 12);
+    const auto inner = layout.mask();
+    const index_t n = inner.length(), w = rng.uniform(1, n + 2);
+    const auto mask = ism::sliding_window(inner, w);
+    const index_t kv_heads = rng.uniform(1, 2), heads = kv_heads * rng.uniform(1, 3), dim = rng.uniform(1, 16);
+    const index_t n_q = rng.uniform(1, n), off = rng.uniform(0, n - n_q), n_k = rng.uniform(off + n_q, n);
+    const bool alibi = rng.coin(), sinks_on = rng.coin();
+    const float max_bias = alibi && rng.coin() ? float(rng.uniform(1, 8)) : 0.f;
+    const float softcap = rng.coin() ? float(rng.real(0.5, 5.0)) : 0.f, scale = float(rng.real(0.1, 2.0));
+    SCOPED_TRACE(::testing::Message() << layout.describe() << " window " << w << " alibi " << alibi << " max_bias "
+                                      << max_bias << " softcap " << softcap << " sinks " << sinks_on);
+    Tensor<float> q(n_q, heads, dim), k(n_k, kv_heads, dim), v(n_k, kv_heads, dim);
+    q.fill_random(rng, -2, 2);
+    k.fill_random(rng, -2, 2);
+    v.fill_random(rng);
+    std::vector<float> sinks(static_cast<size_t>(heads));
+    for (float& x : sinks) x = float(rng.real(-3, 3));
+    const std::vector<float> slopes = ism::ggml_alibi_slopes(heads, max_bias);
+
+    // ggml, as ops.cpp computes it (the mask holds distances only for ALiBi).
+    const auto gg = ism::ggml_kq_mask(mask, n_q, n_k, off, 1,
+                                      alibi ? ism::GgmlKqValues::AlibiDistance : ism::GgmlKqValues::Zero);
+    Tensor<double> want(n_q, heads, dim);
+    for (index_t h = 0; h < heads; ++h)
+      for (index_t r = 0; r < n_q; ++r) {
+        const double slope = max_bias > 0.f ? double(slopes[size_t(h)]) : 1.0;
+        std::vector<double> s(size_t(n_k), -std::numeric_limits<double>::infinity());
+        double m = sinks_on ? double(sinks[size_t(h)]) : -std::numeric_limits<double>::infinity();
+        for (index_t j = 0; j < n_k; ++j) {
+          const double mv = double(float(gg.at(r, j)));
+          if (std::isinf(mv)) continue;
+          double dot = 0;
+          for (index_t d = 0; d < dim; ++d) dot += double(q.view(r, h, d)) * double(k.view(j, h / (heads / kv_heads), d));
+          double x = double(scale) * dot;
+          if (softcap != 0.f) x = double(softcap) * std::tanh(x / double(softcap));
+          s[size_t(j)] = x + slope * mv;
+          m = std::max(m, s[size_t(j)]);
+        }
+        if (std::isinf(m)) continue;  // no key and no sink: 0
+        double sum = sinks_on ? std::exp(double(sinks[size_t(h)]) - m) : 0.0;
+        for (index_t j = 0; j < n_k; ++j) sum += std::exp(s[size_t(j)] - m);
+        for (index_t d = 0; d < dim; ++d) {
+          double acc = 0;
+          for (index_t j = 0; j < n_k; ++j) acc += std::exp(s[size_t(j)] - m) * double(v.view(j, h / (heads / kv_heads), d));
+          want.view(r, h, d) = acc / sum;
+        }
+      }
+
+    ism::AttentionOptions o;
+    o.q_offset = off;
+    o.scale = scale;
+    o.softcap = softcap;
+    o.sinks = sinks_on ? sinks.data() : nullptr;
+    const std::vector<float> ones(size_t(heads), 1.f);
+    o.alibi_slopes = alibi ? (max_bias > 0.f ? slopes.data() : ones.data()) : nullptr;
+    Tensor<double> got(n_q, heads, dim);
+    ism::reference_attention_into<float, double, double>(q.cview(), k.cview(), v.cview(), got.view, mask, o, nullptr);
+    for (index_t r = 0; r < n_q; ++r)
+      for (index_t h = 0; h < heads; ++h)
+        for (index_t d = 0; d < dim; ++d)
+          ASSERT_NEAR(got.view(r, h, d), want.view(r, h, d), 1e-12) << "row " << r << " head " << h << " d " << d;
   }
 }
 

@@ -1,6 +1,7 @@
-// Fuzz target: bytes -> segment lists, boundaries, growth calls, windows and
-// tiles. Every builder and materialiser must either throw ism::invalid_argument
-// or agree with the mask rule of docs/DESIGN.md section 1, written here a second
+// Fuzz target: bytes -> segment lists, boundaries, growth calls, windows,
+// sliding windows and tiles. Every builder and materialiser must either throw
+// ism::invalid_argument or agree with the mask rule of docs/DESIGN.md section 1,
+// written here a second
 // time, literally, from per-position document and segment ids.
 #include <cmath>
 #include <cstdint>
@@ -271,6 +272,50 @@ void check_window(Input& in, const Mask& mask, index_t length, const Brute& brut
   }
 }
 
+// --- sliding windows ----------------------------------------------------------------
+// One more window from the bytes (hostile values too): below 1 it must be
+// refused; otherwise the mask within |i - j| < window goes through every
+// materialiser, exporter and tile map (check_window, against brute && band),
+// and safe splits and first_needed_key agree with their definitions. The bytes
+// are read after everything else an input decodes to, so inputs of the corpus
+// that predate windows decode as before.
+template <class Mask, class Brute>
+void check_sliding_window(Input& in, const Mask& mask, index_t length, const Brute& brute) {
+  const index_t w = in.size(1, kMaxWindow);
+  ism::SlidingWindowMask<Mask> m;
+  const bool threw = throws_invalid([&] { m = ism::sliding_window(mask, w); });
+  ISM_FUZZ_CHECK(threw == (w < 1), w);
+  if (threw) return;
+  const auto band = [&](index_t i, index_t j) { return brute(i, j) && (i > j ? i - j : j - i) < w; };
+  check_window(in, m, length, band);
+  // Positions to probe; rows and keys past a layout do not exist, and past
+  // the horizon of a mask without one the band sees nothing new.
+  const index_t horizon = length == ism::unbounded ? kMaxWindow : length;
+  for (int probe = 0; probe < 3; ++probe) {
+    const index_t p = in.size(0, horizon);
+    const bool valid = p >= 0 && p <= length;
+    bool safe = false;
+    index_t first = -1;
+    ISM_FUZZ_CHECK(throws_invalid([&] { safe = ism::is_safe_split(m, p); }) == !valid, p);
+    ISM_FUZZ_CHECK(throws_invalid([&] { first = ism::first_needed_key(m, p); }) == !valid, p);
+    if (!valid || p > horizon || (length == ism::unbounded && w > kMaxWindow)) continue;
+    const index_t rows_end = length == ism::unbounded ? p + kMaxWindow : length;
+    bool want = true;
+    for (index_t i = std::max<index_t>(0, p - w); i < p; ++i)
+      for (index_t j = p; j < (w > rows_end - i ? rows_end : i + w); ++j) want = want && !band(i, j);
+    ISM_FUZZ_CHECK(safe == want, p, w);
+    ISM_FUZZ_CHECK(first >= 0 && first <= p, first, p);
+    for (index_t i = p; i < rows_end; ++i)
+      for (index_t j = std::max<index_t>(0, i - w + 1); j < first; ++j) ISM_FUZZ_CHECK(!band(i, j), i, j, first);
+    if (p < rows_end) {
+      index_t seen = -1;  // the first key row p sees
+      for (index_t j = std::max<index_t>(0, p - w + 1); j <= p + 1 && seen < 0; ++j)
+        if (band(p, j)) seen = j;
+      ISM_FUZZ_CHECK(seen < 0 || seen == first, seen, first, p);
+    }
+  }
+}
+
 // --- SegmentMask: the layout accessors and KV-reuse splits ----------------------
 
 void check_segment_mask(Input& in, const ism::SegmentMask& m, Model& model) {
@@ -328,6 +373,7 @@ void check_segment_mask(Input& in, const ism::SegmentMask& m, Model& model) {
   const index_t windows = in.small(1, 3);
   for (index_t w = 0; w < windows; ++w)
     check_window(in, m, n, [&](index_t i, index_t j) { return model.allowed(i, j); });
+  check_sliding_window(in, m, n, [&](index_t i, index_t j) { return model.allowed(i, j); });
 }
 
 // --- builders --------------------------------------------------------------------
@@ -454,11 +500,15 @@ void fuzz_growth(Input& in) {
 void fuzz_simple_masks(Input& in) {
   const std::uint8_t which = in.byte() % 3;
   if (which == 0) {
-    check_window(in, ism::causal_mask(), ism::unbounded, [](index_t i, index_t j) { return j >= 0 && j <= i; });
+    const auto rule = [](index_t i, index_t j) { return j >= 0 && j <= i; };
+    check_window(in, ism::causal_mask(), ism::unbounded, rule);
+    check_sliding_window(in, ism::causal_mask(), ism::unbounded, rule);
     return;
   }
   if (which == 1) {
-    check_window(in, ism::full_mask(), ism::unbounded, [](index_t i, index_t j) { return i >= 0 && j >= 0; });
+    const auto rule = [](index_t i, index_t j) { return i >= 0 && j >= 0; };
+    check_window(in, ism::full_mask(), ism::unbounded, rule);
+    check_sliding_window(in, ism::full_mask(), ism::unbounded, rule);
     return;
   }
   const index_t p = in.size(0, kMaxWindow);
@@ -467,10 +517,12 @@ void fuzz_simple_masks(Input& in) {
   ISM_FUZZ_CHECK(threw == (p < 0), p);
   if (threw) return;
   // Bidirectional [0, P), then Causal: the literal rule with two segments.
-  check_window(in, m, ism::unbounded, [p](index_t i, index_t j) {
+  const auto rule = [p](index_t i, index_t j) {
     if (i < 0 || j < 0) return false;
     return j <= i || (i < p && j < p);
-  });
+  };
+  check_window(in, m, ism::unbounded, rule);
+  check_sliding_window(in, m, ism::unbounded, rule);
 }
 
 }  // namespace

@@ -15,7 +15,9 @@
 
 #include "ism/core/errors.hpp"
 #include "ism/dialogue/dialogue.hpp"
+#include "ism/mask/kv_reuse.hpp"
 #include "ism/mask/segment_mask.hpp"
+#include "ism/mask/sliding_window.hpp"
 
 namespace ism {
 
@@ -51,27 +53,35 @@ class oversized_segment : public invalid_argument {
   index_t segment_, begin_, end_, max_chunk_;
 };
 
-// Cuts the prefill of positions [start, start + count) of `mask` into the fewest
-// chunks of at most max_chunk tokens that all end at safe splits (greedy: each
-// chunk ends at the furthest safe split in reach, which is optimal for covering
-// a line with intervals). `start` must itself be a safe split (the cache before
-// it is complete) and so must start + count (the prefill does not stop inside a
-// Bidirectional segment).
-inline std::vector<Chunk> plan_prefill(const SegmentMask& mask, index_t start, index_t count,
-                                       index_t max_chunk) {
+namespace detail {
+
+inline const SegmentMask* layout_of(const SegmentMask& mask) { return &mask; }
+template <class Mask>
+const SegmentMask* layout_of(const Mask&) {
+  return nullptr;
+}
+
+// The planner over any policy. `layout`, when known, names the segment that
+// blocks a split in the errors.
+template <class Mask>
+std::vector<Chunk> plan_chunks(const Mask& mask, const SegmentMask* layout, index_t start, index_t count,
+                               index_t max_chunk) {
   const char* where = "ism::plan_prefill";
   if (max_chunk <= 0) detail::fail(where, "max_chunk = ", max_chunk, " must be positive");
   if (count < 0) detail::fail(where, "count = ", count, " is negative");
-  if (start < 0 || start > mask.length())
-    detail::fail(where, "start = ", start, " is outside [0, ", mask.length(), "]");
+  const index_t length = mask.length();
+  if (start < 0 || (length != unbounded && start > length))
+    detail::fail(where, "start = ", start, " is outside [0, ", length, "]");
   index_t stop = 0;
-  if (detail::add_overflows(start, count, &stop) || stop > mask.length())
-    detail::fail(where, "prefill [", start, ", ", start, " + ", count, ") runs past the layout length ",
-                 mask.length());
+  if (detail::add_overflows(start, count, &stop) || (length != unbounded && stop > length))
+    detail::fail(where, "prefill [", start, ", ", start, " + ", count, ") runs past the layout length ", length);
   auto require_safe = [&](const char* what, index_t p, const char* why) {
-    if (mask.is_safe_split(p)) return;
-    const index_t seg = mask.segment_of(p);
-    const auto& s = mask.spans()[static_cast<size_t>(seg)];
+    if (is_safe_split(mask, p)) return;
+    if (layout == nullptr)
+      detail::fail(where, what, " = ", p, " is not a safe split: row ", p - 1, " sees keys up to ",
+                   mask.keys(p - 1).end, "; ", why);
+    const index_t seg = layout->segment_of(p);
+    const auto& s = layout->spans()[static_cast<size_t>(seg)];
     detail::fail(where, what, " = ", p, " lies inside Bidirectional segment ", seg, " [", s.begin, ", ", s.end,
                  "): ", why);
   };
@@ -81,12 +91,16 @@ inline std::vector<Chunk> plan_prefill(const SegmentMask& mask, index_t start, i
   index_t pos = start;
   while (pos < stop) {
     index_t end = std::min(stop, pos + max_chunk);
-    while (end > pos && !mask.is_safe_split(end)) --end;
+    while (end > pos && !is_safe_split(mask, end)) --end;
     if (end == pos) {
+      if (layout == nullptr)
+        detail::fail(where, "no safe split in (", pos, ", ", std::min(stop, pos + max_chunk),
+                     "]: every row there sees keys past the next position (max_chunk = ", max_chunk, ")");
       // pos is a safe split, so pos + 1 is inside the Bidirectional segment that
-      // starts at pos, and that segment reaches past pos + max_chunk.
-      const index_t seg = mask.segment_of(pos);
-      const auto& s = mask.spans()[static_cast<size_t>(seg)];
+      // starts at pos, and that segment reaches past pos + max_chunk (a window
+      // only removes keys, so a split it blocks the layout blocks too).
+      const index_t seg = layout->segment_of(pos);
+      const auto& s = layout->spans()[static_cast<size_t>(seg)];
       throw oversized_segment(seg, s.begin, s.end, max_chunk);
     }
     chunks.push_back({pos, end});
@@ -95,10 +109,33 @@ inline std::vector<Chunk> plan_prefill(const SegmentMask& mask, index_t start, i
   return chunks;
 }
 
-// The pending step of a dialogue (everything not validly cached) in chunks.
+}  // namespace detail
+
+// Cuts the prefill of positions [start, start + count) of `mask` into the fewest
+// chunks of at most max_chunk tokens that all end at safe splits (greedy: each
+// chunk ends at the furthest safe split in reach, which is optimal for covering
+// a line with intervals). `start` must itself be a safe split (the cache before
+// it is complete) and so must start + count (the prefill does not stop inside a
+// Bidirectional segment).
+inline std::vector<Chunk> plan_prefill(const SegmentMask& mask, index_t start, index_t count,
+                                       index_t max_chunk) {
+  return detail::plan_chunks(mask, &mask, start, count, max_chunk);
+}
+
+// The same under a sliding window (mask/sliding_window.hpp): splits follow the
+// combined rule. Chunk [b, e) needs the keys from first_needed_key(mask, b)
+// on (mask/kv_reuse.hpp); earlier ones may have left the cache.
+template <class Mask>
+std::vector<Chunk> plan_prefill(const SlidingWindowMask<Mask>& mask, index_t start, index_t count,
+                                index_t max_chunk) {
+  return detail::plan_chunks(mask, detail::layout_of(mask.inner), start, count, max_chunk);
+}
+
+// The pending step of a dialogue (everything not validly cached) in chunks,
+// under its window if it has one.
 inline std::vector<Chunk> plan_prefill(const Dialogue& dialogue, index_t max_chunk) {
   const DialogueStep step = dialogue.pending();
-  return plan_prefill(dialogue.mask(), step.q_offset, step.n_q, max_chunk);
+  return detail::plan_chunks(dialogue.attention_mask(), &dialogue.mask(), step.q_offset, step.n_q, max_chunk);
 }
 
 }  // namespace ism

@@ -14,12 +14,19 @@
 // stays cached; under a multi-turn prefix-LM (prefix = whole history up to the
 // current answer) every new query widens the prefix, so row 0 changes and the
 // dialogue reports no reuse at all.
+//
+// A dialogue may run under a sliding window (every row also sees only keys
+// with |i - j| < window, mask/sliding_window.hpp): reuse, safe splits and
+// commits then follow the combined rule, and first_needed_key() says which
+// cached keys no row left to compute can see, so an engine can drop them.
 #include <cstdint>
 #include <vector>
 
 #include "ism/core/options.hpp"
 #include "ism/core/errors.hpp"
+#include "ism/mask/kv_reuse.hpp"
 #include "ism/mask/segment_mask.hpp"
+#include "ism/mask/sliding_window.hpp"
 
 namespace ism {
 
@@ -51,7 +58,10 @@ struct DialogueStep {
 
 class Dialogue {
  public:
-  explicit Dialogue(DialogueMask kind = DialogueMask::Ism) : kind_(kind) {}
+  // window: the sliding window every row attends within (>= 1), or
+  // ism::unbounded for none.
+  explicit Dialogue(DialogueMask kind = DialogueMask::Ism, index_t window = unbounded)
+      : kind_(kind), window_(detail::check_sliding_window("ism::Dialogue", window)) {}
 
   // --- the script --------------------------------------------------------
   // Optional, and only as the very first turn: a Bidirectional segment.
@@ -91,12 +101,17 @@ class Dialogue {
   bool has_system_prompt() const { return has_system_; }
   // The turns as ISM segments, whatever kind() is (the script itself).
   const SegmentMask& turns() const { return turns_; }
-  // The mask attention must use for this dialogue's kind.
+  // This dialogue kind's layout, without the window.
   const SegmentMask& mask() const { return kind_ == DialogueMask::Ism ? turns_ : other_; }
+  index_t window() const { return window_; }
+  // The policy attention must use: mask() within the window (mask() itself
+  // when there is none). A view of mask()'s row bounds, valid until the
+  // dialogue next changes.
+  SlidingWindowMask<RowBoundsMask> attention_mask() const { return {mask().bounds(), window_}; }
   // Positions p where tokens [0, p) can be computed before [p, length()) exist:
   // the only places a prefill chunk or a cache may end.
-  bool is_safe_split(index_t p) const { return mask().is_safe_split(p); }
-  std::vector<index_t> safe_splits() const { return mask().safe_splits(); }
+  bool is_safe_split(index_t p) const { return ism::is_safe_split(attention_mask(), p); }
+  std::vector<index_t> safe_splits() const { return ism::safe_splits(attention_mask(), length()); }
 
   // --- the cache -----------------------------------------------------------
   // Tokens whose rows the engine has computed and committed.
@@ -108,16 +123,24 @@ class Dialogue {
   // this is what keeps every layer's K/V of those tokens valid (by induction over
   // layers and positions), not only the first layer's.
   index_t reusable() const {
-    const SegmentMask& m = mask();
+    const auto m = attention_mask();
     index_t p = 0;
     while (p < cached()) {
       const KeyRange now = m.keys(p), then = computed_[static_cast<size_t>(p)];
       if (now.begin != then.begin || now.end != then.end) break;
       ++p;
     }
-    while (p > 0 && !m.is_safe_split(p)) --p;
+    while (p > 0 && !ism::is_safe_split(m, p)) --p;
     return p;
   }
+
+  // Cached keys before this one are seen by no row the pending step computes
+  // nor by any row appended later: with a window the engine may drop them
+  // (PagedKVCache::drop_front). Without one it is the start of the current
+  // document, 0 in a dialogue. A prefix-LM dialogue recomputes everything on
+  // its next query, which then needs nothing from the cache. Taking tokens
+  // back to n needs the keys from ism::first_needed_key(attention_mask(), n).
+  index_t first_needed_key() const { return ism::first_needed_key(attention_mask(), reusable()); }
 
   // The call that brings the cache up to date with the whole script.
   DialogueStep pending() const {
@@ -138,11 +161,12 @@ class Dialogue {
     if (end < from || end > length())
       detail::fail(where, "end = ", end, " is outside [", from, ", ", length(),
                    "] (reusable() = ", from, ", length() = ", length(), ")");
-    if (!mask().is_safe_split(end))
+    const auto m = attention_mask();
+    if (!ism::is_safe_split(m, end))
       detail::fail(where, "end = ", end, " is not a safe split of the ", to_string(kind_),
                    " mask: a row before it sees keys at or after it");
     computed_.resize(static_cast<size_t>(end));
-    for (index_t i = from; i < end; ++i) computed_[static_cast<size_t>(i)] = mask().keys(i);
+    for (index_t i = from; i < end; ++i) computed_[static_cast<size_t>(i)] = m.keys(i);
   }
   void commit() { commit(length()); }
 
@@ -174,6 +198,7 @@ class Dialogue {
   }
 
   DialogueMask kind_;
+  index_t window_ = unbounded;
   SegmentMask turns_;
   SegmentMask other_;
   index_t rounds_ = 0;

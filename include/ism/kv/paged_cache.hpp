@@ -1,8 +1,9 @@
 #pragma once
 // PagedKVCache: the owning pool behind PagedKV views (kv/paged_view.hpp).
 // Sequences grow a page at a time and pages return to the pool when a
-// sequence shrinks or ends, so memory is never fragmented beyond one partial
-// page per sequence.
+// sequence shrinks or ends, or, under a sliding window, when its oldest pages
+// fall out of every remaining row's window (drop_front), so memory is never
+// fragmented beyond one partial page per sequence.
 #include <algorithm>
 #include <vector>
 
@@ -95,18 +96,60 @@ class PagedKVCache {
 
   // Keeps the first `tokens` tokens (an engine dropping what is no longer
   // valid, e.g. the history a prefix-LM must recompute); whole pages past the
-  // end go back to the pool.
+  // end go back to the pool. After drop_front, `tokens` must be 0 or lie past
+  // the dropped prefix (the K/V before it are gone).
   void truncate(index_t seq, index_t tokens) {
     const char* where = "ism::PagedKVCache::truncate";
     Sequence& s = at(where, seq);
     if (tokens < 0 || tokens > s.tokens)
       detail::fail(where, "tokens = ", tokens, " is outside [0, ", s.tokens, "] for sequence ", seq);
+    const index_t dropped = s.dropped * page_size_;
+    if (tokens > 0 && tokens <= dropped)
+      detail::fail(where, "tokens = ", tokens, " lies in the dropped prefix [0, ", dropped, ") of sequence ", seq,
+                   " (drop_front): the K/V of its last tokens are no longer held");
     const size_t blocks = static_cast<size_t>((tokens + page_size_ - 1) / page_size_);
     while (s.table.size() > blocks) {
-      free_.push_back(s.table.back());
+      // Dropped blocks point at a kept page; only truncate(seq, 0) reaches them.
+      if (static_cast<index_t>(s.table.size()) > s.dropped) free_.push_back(s.table.back());
       s.table.pop_back();
     }
+    if (tokens == 0) s.dropped = 0;
     s.tokens = tokens;
+  }
+
+  // Returns to the pool every page of `seq` whose tokens all lie before
+  // `first_kept`: under a sliding window, the keys no row left to compute can
+  // see (first_needed_key, mask/kv_reuse.hpp; Dialogue::first_needed_key).
+  // The last page is always kept. Positions keep their meaning: a dropped
+  // block's table entry points at the sequence's first kept page, so the
+  // block table stays valid for PagedKV, and a kernel that reads a whole key
+  // tile across the window's edge reads this sequence's own memory there
+  // (which the mask hides) rather than a page another sequence now writes.
+  // Returns how many pages went back to the pool (0 when first_kept is at or
+  // before what was dropped already).
+  index_t drop_front(index_t seq, index_t first_kept) {
+    const char* where = "ism::PagedKVCache::drop_front";
+    Sequence& s = at(where, seq);
+    if (first_kept < 0 || first_kept > s.tokens)
+      detail::fail(where, "first_kept = ", first_kept, " is outside [0, ", s.tokens, "] for sequence ", seq);
+    const index_t blocks = static_cast<index_t>(s.table.size());
+    const index_t drop = std::min(first_kept / page_size_, blocks - 1);
+    if (drop <= s.dropped) return 0;
+    const index_t kept = s.table[static_cast<size_t>(drop)];
+    for (index_t b = s.dropped; b < drop; ++b) free_.push_back(s.table[static_cast<size_t>(b)]);
+    for (index_t b = 0; b < drop; ++b) s.table[static_cast<size_t>(b)] = kept;
+    const index_t released = drop - s.dropped;
+    s.dropped = drop;
+    return released;
+  }
+  // Tokens [0, dropped_tokens(seq)) of the sequence are no longer held.
+  index_t dropped_tokens(index_t seq) const {
+    return at("ism::PagedKVCache::dropped_tokens", seq).dropped * page_size_;
+  }
+  // Pages the sequence holds (its block table less the dropped blocks).
+  index_t held_pages(index_t seq) const {
+    const Sequence& s = at("ism::PagedKVCache::held_pages", seq);
+    return static_cast<index_t>(s.table.size()) - s.dropped;
   }
 
   // A view of one sequence, valid until that sequence is next appended to,
@@ -120,6 +163,7 @@ class PagedKVCache {
   struct Sequence {
     std::vector<index_t> table;
     index_t tokens = 0;
+    index_t dropped = 0;  // leading blocks returned to the pool (drop_front)
     bool live = false;
   };
   Sequence& at(const char* where, index_t seq) {

@@ -9,13 +9,18 @@
 //   flex_block_mask                 PyTorch FlexAttention BlockMask block lists
 //   query_kv_ranges                 per-query [begin, end) key ranges (FlashInfer-style)
 //   flashinfer_packed_mask          FlashInfer's bit-packed custom mask
-//   ggml_kq_mask                    ggml_flash_attn_ext's fp16 additive mask
+//   ggml_kq_mask                    ggml_flash_attn_ext's fp16 additive mask (with
+//                                   ALiBi distances), ggml_alibi_slopes its slopes
+//
+// Sliding windows (mask/sliding_window.hpp) are policies like the others and go
+// through every format.
 //
 // Every mask here gives each row one key interval whose ends never decrease
 // with the row (docs/DESIGN.md section 1); the column-wise and block formats rely on
 // that and check it, so a policy that breaks it is reported, not mis-exported.
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -229,6 +234,39 @@ std::vector<std::uint8_t> flashinfer_packed_mask(const Mask& mask, index_t n_q, 
 // as of llama.cpp PR #5021 (flash_attn_ext) up to PR #16309, which removed the
 // padding (GGML_KQ_MASK_PAD was 32 at first, 64 from mid-2024): pass
 // row_pad = 64 for those versions, row_pad = 1 for ggml after #16309.
+//
+// A sliding window is a mask policy here (sliding_window(mask, w)), so it is
+// in this mask like the rest of the rule; llama.cpp's LLAMA_SWA_TYPE_STANDARD
+// with n_swa = w is sliding_window(causal_mask(), w).
+//
+// The score modifiers of AttentionOptions map onto
+//   ggml_flash_attn_ext(ctx, q, k, v, mask, scale, max_bias, logit_softcap)
+//   ggml_flash_attn_ext_add_sinks(result, sinks)
+// ggml's CPU kernel (ggml-cpu/ops.cpp, ggml_compute_forward_flash_attn_ext_f16)
+// takes, for each query row of head h and each key whose mask value mv is not
+// -INFINITY, the steps of docs/DESIGN.md in the same order:
+//   s = scale * q.k                   scale          = options.scale (ggml has no
+//                                                      default: pass 1/sqrt(dim))
+//   s = softcap * tanh(s / softcap)   logit_softcap  = options.softcap, 0 = off (ggml
+//                                                      divides its scale by the cap up
+//                                                      front: the same function)
+//   s = s + slope_h * mv              ALiBi and the mask at once (below)
+// and the softmax denominator of head h gains exp(sinks[h]): the sinks tensor,
+// F32 with one value per query head, is options.sinks.
+// ALiBi: ggml derives slope_h from max_bias (ggml_alibi_slopes below; with
+// max_bias = 0 every slope is 1 and mv is added as it is) and reads the
+// distance from the mask: GgmlKqValues::AlibiDistance writes -|i - j| where
+// visible (absolute positions, q_offset counted), as llama.cpp does for ALiBi
+// models; run ism with options.alibi_slopes = ggml_alibi_slopes(n_head,
+// max_bias) for the same scores. F16 holds distances up to 2048 exactly and
+// rounds larger ones (ggml then uses the rounded distance, as in llama.cpp); a
+// distance beyond 65504 would round to -INFINITY and mask a visible key, so it
+// is rejected.
+enum class GgmlKqValues : std::uint8_t {
+  Zero,           // 0 where visible: no ALiBi (or max_bias with a mask of zeros)
+  AlibiDistance,  // -|i - j| where visible: ALiBi through max_bias
+};
+
 struct GgmlKqMask {
   index_t n_kv = 0;        // ne0
   index_t n_batch = 0;     // query rows that are real
@@ -239,12 +277,24 @@ struct GgmlKqMask {
 
 inline constexpr index_t ggml_kq_mask_pad = 64;
 
+// The largest distance AlibiDistance can write: the largest finite F16.
+inline constexpr index_t ggml_max_alibi_distance = 65504;
+
 template <class Mask>
 GgmlKqMask ggml_kq_mask(const Mask& mask, index_t n_batch, index_t n_kv, index_t q_offset = 0,
-                        index_t row_pad = ggml_kq_mask_pad) {
+                        index_t row_pad = ggml_kq_mask_pad, GgmlKqValues values = GgmlKqValues::Zero) {
   const char* where = "ism::ggml_kq_mask";
   if (row_pad <= 0) detail::fail(where, "row_pad = ", row_pad, " must be positive");
   const auto rows = row_bounds(mask, n_batch, n_kv, q_offset);
+  const bool alibi = values == GgmlKqValues::AlibiDistance;
+  for (index_t r = 0; alibi && r < n_batch; ++r) {
+    const KeyRange k = rows[static_cast<size_t>(r)];
+    if (k.empty()) continue;
+    const index_t i = q_offset + r, far = std::max(i - k.begin, k.end - 1 - i);
+    if (far > ggml_max_alibi_distance)
+      detail::fail(where, "row ", r, " (position ", i, ") sees a key at distance ", far,
+                   ", beyond the largest F16 distance ", ggml_max_alibi_distance, " of GgmlKqValues::AlibiDistance");
+  }
   GgmlKqMask out;
   out.n_kv = n_kv;
   out.n_batch = n_batch;
@@ -256,9 +306,35 @@ GgmlKqMask ggml_kq_mask(const Mask& mask, index_t n_batch, index_t n_kv, index_t
   out.data.assign(static_cast<size_t>(elements), hidden);
   for (index_t r = 0; r < n_batch; ++r) {
     const KeyRange k = rows[static_cast<size_t>(r)];
-    for (index_t j = k.begin; j < k.end; ++j) out.data[static_cast<size_t>(r * n_kv + j)] = visible;
+    const index_t i = q_offset + r;
+    for (index_t j = k.begin; j < k.end; ++j)
+      out.data[static_cast<size_t>(r * n_kv + j)] = alibi ? Eigen::half(-static_cast<float>(i > j ? i - j : j - i)) : visible;
   }
   return out;
+}
+
+// The ALiBi slope ggml_flash_attn_ext gives query head h for max_bias (as
+// ggml computes it, in float): with n = the largest power of two <= n_head,
+//   slope_h = 2^(-max_bias * (h + 1) / n)                 for h < n,
+//   slope_h = 2^(-max_bias * (2 (h - n) + 1) / (2 n))     otherwise;
+// every slope is 1 for max_bias = 0. These are options.alibi_slopes for ism to
+// compute what ggml computes from a GgmlKqValues::AlibiDistance mask.
+inline std::vector<float> ggml_alibi_slopes(index_t n_head, float max_bias) {
+  const char* where = "ism::ggml_alibi_slopes";
+  if (n_head <= 0 || n_head > std::numeric_limits<std::int32_t>::max())
+    detail::fail(where, "n_head = ", n_head, " must be in [1, 2^31)");
+  if (!(max_bias >= 0.0f) || !std::isfinite(max_bias))
+    detail::fail(where, "max_bias = ", max_bias, " must be finite and >= 0");
+  index_t n = 1;
+  while (2 * n <= n_head) n *= 2;
+  const float m0 = std::pow(2.0f, -max_bias / static_cast<float>(n));
+  const float m1 = std::pow(2.0f, -(max_bias / 2.0f) / static_cast<float>(n));
+  std::vector<float> slopes(static_cast<size_t>(n_head), 1.0f);
+  if (max_bias > 0.0f)
+    for (index_t h = 0; h < n_head; ++h)
+      slopes[static_cast<size_t>(h)] =
+          h < n ? std::pow(m0, static_cast<float>(h + 1)) : std::pow(m1, static_cast<float>(2 * (h - n) + 1));
+  return slopes;
 }
 
 }  // namespace ism
