@@ -65,10 +65,61 @@ struct Step {
   }
 };
 
-// A random engine step: decode rows next to prefill chunks, whole sequences,
-// windows whose rows reach past the cache, empty requests; every mask kind.
-// `uniform` gives all requests one KV shape (what a shared page pool needs).
-inline Step random_step(Rng& rng, bool uniform) {
+// The shape and window of one random request: decode rows, a prefill chunk
+// after a cached prefix, a whole sequence, a window whose rows may reach past
+// the cache, or nothing to do.
+inline RequestSpec random_request(Rng& rng, index_t kv_heads, index_t group, index_t dim) {
+  RequestSpec q;
+  ism::RequestShape& s = q.shape;
+  s.q_heads = kv_heads * group;
+  s.kv_heads = kv_heads;
+  s.dim = dim;
+  bool explicit_offset = rng.coin();
+  switch (rng.uniform(0, 5)) {
+    case 0:
+    case 1:  // decode: a few rows at the cache's tail, long caches split their keys
+      s.n_k = rng.coin(0.4) ? rng.uniform(1030, 1500) : rng.uniform(1, 400);
+      s.n_q = std::min(s.n_k, rng.uniform(1, 3));
+      q.q_offset = s.n_k - s.n_q;
+      break;
+    case 2:
+      s.n_q = rng.uniform(2, 150);
+      q.q_offset = rng.uniform(0, 200);
+      s.n_k = q.q_offset + s.n_q;
+      break;
+    case 3:
+      s.n_q = s.n_k = rng.uniform(1, 200);
+      q.q_offset = 0;
+      break;
+    case 4:
+      s.n_k = rng.uniform(1, 300);
+      s.n_q = rng.uniform(1, 100);
+      q.q_offset = rng.uniform(0, s.n_k + 20);
+      explicit_offset = true;
+      break;
+    default:
+      if (rng.coin()) {
+        s.n_q = 0;
+        s.n_k = rng.uniform(0, 50);
+        q.q_offset = s.n_k;
+      } else {
+        s.n_q = rng.uniform(1, 5);
+        s.n_k = 0;
+        q.q_offset = rng.uniform(0, 10);
+        explicit_offset = true;
+      }
+      break;
+  }
+  if (explicit_offset || q.q_offset != s.n_k - s.n_q) s.q_offset = q.q_offset;
+  return q;
+}
+
+// A random engine step of 1 to 6 requests of every mask kind, with the
+// score modifiers on or off. `uniform` gives all requests one KV shape (what
+// a shared page pool needs). Requests are redrawn until n_q * n_k * heads *
+// dim <= work_cap, so that the fp64 reference stays fast (also under the
+// sanitizers).
+inline Step random_step(Rng& rng, bool uniform, index_t work_cap = 2'000'000) {
   static const index_t dims[] = {8, 17, 32, 64, 128};
   Step st;
   index_t kv_heads = rng.uniform(1, 3), group = index_t(1) << rng.uniform(0, 3), dim = dims[rng.uniform(0, 4)];
@@ -76,55 +127,17 @@ inline Step random_step(Rng& rng, bool uniform) {
   const index_t n = rng.uniform(1, 6);
   index_t max_heads = 0;
   for (index_t r = 0; r < n; ++r) {
-    if (!uniform) {
-      kv_heads = rng.uniform(1, 3);
-      group = index_t(1) << rng.uniform(0, 3);
-      dim = dims[rng.uniform(0, 4)];
-    }
     RequestSpec q;
-    ism::RequestShape& s = q.shape;
-    s.q_heads = kv_heads * group;
-    s.kv_heads = kv_heads;
-    s.dim = dim;
-    max_heads = std::max(max_heads, s.q_heads);
-    bool explicit_offset = rng.coin();
-    switch (rng.uniform(0, 5)) {
-      case 0:
-      case 1:  // decode: a few rows at the cache's tail, long caches split their keys
-        s.n_k = rng.coin(0.4) && s.q_heads * dim <= 512 ? rng.uniform(1030, 1500) : rng.uniform(1, 400);
-        s.n_q = std::min(s.n_k, rng.uniform(1, 3));
-        q.q_offset = s.n_k - s.n_q;
-        break;
-      case 2:  // a prefill chunk after a cached prefix
-        s.n_q = rng.uniform(2, 150);
-        q.q_offset = rng.uniform(0, 200);
-        s.n_k = q.q_offset + s.n_q;
-        break;
-      case 3:  // a whole sequence
-        s.n_q = s.n_k = rng.uniform(1, 200);
-        q.q_offset = 0;
-        break;
-      case 4:  // a window anywhere, rows possibly past the cache
-        s.n_k = rng.uniform(1, 300);
-        s.n_q = rng.uniform(1, 100);
-        q.q_offset = rng.uniform(0, s.n_k + 20);
-        explicit_offset = true;
-        break;
-      default:  // nothing to do: no rows, or no keys
-        if (rng.coin()) {
-          s.n_q = 0;
-          s.n_k = rng.uniform(0, 50);
-          q.q_offset = s.n_k;
-        } else {
-          s.n_q = rng.uniform(1, 5);
-          s.n_k = 0;
-          q.q_offset = rng.uniform(0, 10);
-          explicit_offset = true;
-        }
-        break;
-    }
-    if (explicit_offset || q.q_offset != s.n_k - s.n_q) s.q_offset = q.q_offset;
-    const index_t len = std::max<index_t>({1, s.n_k, q.q_offset + s.n_q});
+    do {
+      if (!uniform) {
+        kv_heads = rng.uniform(1, 3);
+        group = index_t(1) << rng.uniform(0, 3);
+        dim = dims[rng.uniform(0, 4)];
+      }
+      q = random_request(rng, kv_heads, group, dim);
+    } while (q.shape.n_q * q.shape.n_k * q.shape.q_heads * dim > work_cap);
+    max_heads = std::max(max_heads, q.shape.q_heads);
+    const index_t len = std::max<index_t>({1, q.shape.n_k, q.q_offset + q.shape.n_q});
     q.mask = make_mask(MaskKind(rng.uniform(0, 5)), len, rng, &q.desc);
     st.requests.push_back(std::move(q));
   }
