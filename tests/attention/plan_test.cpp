@@ -179,6 +179,7 @@ TEST(AttentionPlan, EmptyPlansRun) {
 
 // A valid step of three requests and its plan, outputs filled with a pattern.
 struct BadInputFixture {
+  Rng rng{11};
   Step st;
   StepData<float, float> d;
   AttentionPlan plan;
@@ -197,11 +198,7 @@ struct BadInputFixture {
     }
     return st;
   }
-  static Rng& rng() {
-    static Rng r(11);
-    return r;
-  }
-  BadInputFixture() : st(make_step()), d(st, rng()), plan(plan_requests(st)) {
+  BadInputFixture() : st(make_step()), d(st, rng), plan(plan_requests(st)) {
     for (auto& o : d.out) std::fill(o.buf.begin(), o.buf.end(), 7.f);
     for (auto& l : d.lse) std::fill(l.begin(), l.end(), 7.f);
     before = d.bits();
