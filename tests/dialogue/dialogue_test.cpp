@@ -117,8 +117,8 @@ void expect_matches_whole(const Dialogue& d, const Conversation& c) {
   attend_rows(c.q, c.k, c.v, whole, d.mask(), 0, n, n);
   EXPECT_LE(max_abs_diff(c.out, whole, 0, n), 2e-6);
   Tensor<double> ref(n, heads, dim);
-  ism::reference_attention_into<float, double, double>(c.q.cview(), c.k.cview(), c.v.cview(), ref.view, d.mask(),
-                                                       {}, nullptr);
+  ism::reference_attention_into<float, double, double>(rows(c.q.cview(), 0, n), rows(c.k.cview(), 0, n),
+                                                       rows(c.v.cview(), 0, n), ref.view, d.mask(), {}, nullptr);
   EXPECT_LE(max_abs_diff(c.out, ref, 0, n), 2e-5);
 }
 
@@ -236,6 +236,237 @@ TEST(Dialogue, RejectsBadUse) {
   }
   EXPECT_THROW(d.commit(5), ism::invalid_argument);  // past the end
   EXPECT_EQ(d.cached(), 0);
+}
+
+// --- taking tokens back ----------------------------------------------------
+
+// The script cut at n tokens: the dialogue an engine would have built had it
+// stopped at n (the event holding token n - 1 shortened).
+std::vector<Event> cut_script(const std::vector<Event>& script, index_t n) {
+  std::vector<Event> cut;
+  for (const Event& e : script) {
+    if (n <= 0) break;
+    cut.push_back({e.kind, std::min(e.n, n)});
+    n -= cut.back().n;
+  }
+  return cut;
+}
+
+// What reusable() must be after truncate(n) of a dialogue that committed
+// every step: rows before n keep their keys except
+//   ISM, causal: the rows of a Bidirectional turn (system prompt, query) cut
+//                short, which saw its old end: reuse stops at its start;
+//   prefix-LM:   every row, if n falls before the end of the last query (the
+//                prefix shrinks); otherwise none.
+index_t reusable_after_truncate(DialogueMask kind, const std::vector<Event>& script, index_t n) {
+  index_t pos = 0, last_query_end = 0, keep = n;
+  for (const Event& e : script) {
+    if (e.kind != Event::Answer) {
+      last_query_end = pos + e.n;
+      if (kind == DialogueMask::Ism && pos < n && n < pos + e.n) keep = pos;
+    }
+    pos += e.n;
+  }
+  return kind == DialogueMask::MultiTurnPrefixLM && n < last_query_end ? 0 : keep;
+}
+
+// The keys each committed row was computed with, kept by the test as an
+// engine would see them: reuse after any truncation is the longest prefix of
+// rows whose keys are those of `mask`, cut back to a safe split of it. (This
+// is how a prefix-LM row computed before a later query becomes valid again
+// when that query is taken back.)
+struct ComputedRows {
+  std::vector<ism::KeyRange> keys;
+  void commit(const Dialogue& d) {
+    const index_t from = d.reusable();
+    keys.resize(size_t(d.length()));
+    for (index_t i = from; i < d.length(); ++i) keys[size_t(i)] = d.mask().keys(i);
+  }
+  index_t reusable(const ism::SegmentMask& mask, index_t n) const {
+    index_t p = 0;
+    while (p < std::min<index_t>(n, index_t(keys.size())) && keys[size_t(p)].begin == mask.keys(p).begin &&
+           keys[size_t(p)].end == mask.keys(p).end)
+      ++p;
+    while (p > 0 && !mask.is_safe_split(p)) --p;
+    return p;
+  }
+};
+
+// A few valid events after a cut (a system prompt only on an empty dialogue,
+// answers only once there is a query).
+std::vector<Event> random_continuation(Rng& rng, index_t length, index_t rounds) {
+  std::vector<Event> ev;
+  if (length == 0 && rng.coin()) ev.push_back({Event::System, rng.uniform(1, 6)});
+  for (int i = 0; i < 3; ++i) {
+    const bool answer = rounds > 0 && rng.coin(0.6);
+    ev.push_back({answer ? Event::Answer : Event::Query, rng.uniform(1, 6)});
+    rounds += !answer;
+  }
+  return ev;
+}
+
+void expect_same_dialogue(const Dialogue& got, const Dialogue& want) {
+  ASSERT_EQ(got.length(), want.length());
+  ASSERT_EQ(got.rounds(), want.rounds());
+  ASSERT_EQ(got.has_system_prompt(), want.has_system_prompt());
+  for (const auto& [g, w] : {std::pair(&got.mask(), &want.mask()), std::pair(&got.turns(), &want.turns())}) {
+    ASSERT_EQ(g->num_documents(), w->num_documents());
+    ASSERT_EQ(g->spans().size(), w->spans().size());
+    for (size_t s = 0; s < w->spans().size(); ++s) {
+      ASSERT_EQ(g->spans()[s].begin, w->spans()[s].begin) << "span " << s;
+      ASSERT_EQ(g->spans()[s].end, w->spans()[s].end) << "span " << s;
+      ASSERT_EQ(g->spans()[s].attend, w->spans()[s].attend) << "span " << s;
+    }
+    for (index_t i = 0; i < w->length(); ++i) {
+      ASSERT_EQ(g->keys(i).begin, w->keys(i).begin) << "row " << i;
+      ASSERT_EQ(g->keys(i).end, w->keys(i).end) << "row " << i;
+    }
+  }
+  ASSERT_EQ(got.safe_splits(), want.safe_splits());
+}
+
+// Every cut of random scripts, some steps left uncommitted: the dialogue
+// equals the one built to that length, cached rows past the cut are gone,
+// reuse stops where the rule says, and both go on alike.
+TEST(DialogueTruncate, EqualsTheDialogueBuiltToThatLength) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  for (DialogueMask kind : {DialogueMask::Ism, DialogueMask::MultiTurnPrefixLM, DialogueMask::Causal}) {
+    SCOPED_TRACE(ism::to_string(kind));
+    for (int iter = 0; iter < 40; ++iter) {
+      const auto script = random_script(rng, 8);
+      SCOPED_TRACE(describe(script));
+      Dialogue d(kind);
+      ComputedRows computed;
+      const bool every_step = iter % 2 == 0;
+      for (const Event& e : script) {
+        apply(d, e);
+        if (every_step || rng.coin(0.7)) {
+          computed.commit(d);
+          d.commit();
+        }
+      }
+      for (index_t n = 0; n <= d.length(); ++n) {
+        SCOPED_TRACE(::testing::Message() << "truncate(" << n << ") of " << d.length() << ", cached " << d.cached());
+        Dialogue t = d;
+        EXPECT_EQ(&t.truncate(n), &t);
+        Dialogue built(kind);
+        for (const Event& e : cut_script(script, n)) apply(built, e);
+        expect_same_dialogue(t, built);
+        EXPECT_EQ(t.cached(), std::min(n, d.cached()));
+        const index_t reused = computed.reusable(built.mask(), n);
+        if (every_step) {
+          EXPECT_EQ(reused, reusable_after_truncate(kind, script, n));
+        }
+        EXPECT_EQ(t.reusable(), reused);
+        const ism::DialogueStep step = t.pending();
+        EXPECT_EQ(step.reused, reused);
+        EXPECT_EQ(step.q_offset, reused);
+        EXPECT_EQ(step.n_q, n - reused);
+        EXPECT_EQ(step.n_k, n);
+        // Both go on alike: the recomputed step, then new turns.
+        t.commit();
+        built.commit();
+        for (const Event& e : random_continuation(rng, n, built.rounds())) {
+          apply(t, e);
+          apply(built, e);
+          EXPECT_EQ(t.pending().reused, built.pending().reused);
+          t.commit();
+          built.commit();
+        }
+        expect_same_dialogue(t, built);
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+// Speculative decoding and regenerated answers at the attention level: after
+// truncate(n) the engine recomputes pending() and carries on with new tokens
+// (new Q/K/V past n); the incremental outputs stay the whole conversation's.
+TEST(DialogueTruncate, RollbackThenRecomputeEqualsTheWholeConversation) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  for (DialogueMask kind : {DialogueMask::Ism, DialogueMask::MultiTurnPrefixLM, DialogueMask::Causal}) {
+    SCOPED_TRACE(ism::to_string(kind));
+    for (int iter = 0; iter < 12; ++iter) {
+      const auto script = random_script(rng, 16);
+      SCOPED_TRACE(describe(script));
+      const index_t length = total_length(script);
+      Conversation c = random_conversation(rng, length + 18);  // room for the continuation
+      Dialogue d(kind);
+      play(d, script, c, rng, rng.coin(), [](auto&&...) {});
+      const index_t n = rng.uniform(0, length);
+      SCOPED_TRACE(::testing::Message() << "truncate(" << n << ")");
+      const index_t reused = reusable_after_truncate(kind, script, n);
+      d.truncate(n);
+      ASSERT_EQ(d.reusable(), reused);
+      // Tokens past n are new tokens: new Q, K and V.
+      for (Tensor<float>* t : {&c.q, &c.k, &c.v})
+        for (index_t p = n; p < t->view.tokens; ++p)
+          for (index_t h = 0; h < t->view.heads; ++h)
+            for (index_t x = 0; x < t->view.dim; ++x) t->view(p, h, x) = float(rng.real(-1, 1));
+      const auto more = random_continuation(rng, n, d.rounds());
+      bool first = true;
+      play(d, more, c, rng, rng.coin(),
+           [&](const Event&, const ism::DialogueStep& step, index_t cached_before, const Tensor<float>&,
+               const Tensor<float>&) {
+             if (first) {
+               EXPECT_EQ(cached_before, n);
+               EXPECT_LE(step.reused, reused);  // a new query may invalidate more (prefix-LM)
+             }
+             first = false;
+           });
+      expect_matches_whole(d, c);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+TEST(DialogueTruncate, BadLengthThrowsAndChangesNothing) {
+  for (DialogueMask kind : {DialogueMask::Ism, DialogueMask::MultiTurnPrefixLM, DialogueMask::Causal}) {
+    Dialogue d(kind);
+    d.system_prompt(3).add_query(4).append_answer(2);
+    d.commit();
+    d.add_query(5);
+    const Dialogue before = d;
+    ism_test::expect_invalid([&] { d.truncate(-1); }, {"ism::Dialogue::truncate", "n = -1", "length() = 14"});
+    ism_test::expect_invalid([&] { d.truncate(15); }, {"n = 15", "length() = 14"});
+    expect_same_dialogue(d, before);
+    EXPECT_EQ(d.cached(), before.cached());
+    EXPECT_EQ(d.reusable(), before.reusable());
+    // Everything goes, system prompt included; a new one may come first again.
+    d.truncate(0);
+    EXPECT_EQ(d.length(), 0);
+    EXPECT_EQ(d.rounds(), 0);
+    EXPECT_FALSE(d.has_system_prompt());
+    EXPECT_EQ(d.cached(), 0);
+    d.system_prompt(2).add_query(1);
+    EXPECT_EQ(d.rounds(), 1);
+  }
+}
+
+// The speculative-decoding step an engine runs: two draft tokens appended,
+// computed and committed, the second rejected.
+TEST(DialogueTruncate, RejectedDraftTokenKeepsTheAnswerCached) {
+  Dialogue d;
+  d.add_query(6);
+  d.commit();
+  d.append_answer(1);
+  d.commit();
+  d.append_answer(2);  // draft tokens
+  d.commit();
+  d.truncate(8);       // the last one rejected
+  EXPECT_EQ(d.reusable(), 8);
+  EXPECT_EQ(d.pending().n_q, 0);
+  d.append_answer(1);
+  EXPECT_EQ(d.pending().reused, 8);
+  EXPECT_EQ(d.pending().n_q, 1);
+  // Cutting the query itself invalidates it: its rows saw all 6 tokens.
+  d.commit();
+  d.truncate(4);
+  EXPECT_EQ(d.reusable(), 0);
+  EXPECT_EQ(d.pending().n_q, 4);
 }
 
 }  // namespace

@@ -1,13 +1,14 @@
 // Fuzz target: bytes -> one ism::attention call on a small shape (zero or one
 // token, dim 1, GQA, offsets, padded strides, every mask kind, fp32 / bf16 /
 // fp16, with or without LSE, with or without softcap, sinks and ALiBi),
-// checked against the fp64 reference; the same call through a paged cache, a
-// one-request AttentionPlan run task by task, and (16-bit caches) with fp32
-// Q/out must agree. One case in four breaks the call in one known way
-// (negative or zero sizes, heads that do not divide, null data, strides whose
-// extent overflows, overlapping outputs, bad options or modifiers): then it
-// must throw ism::invalid_argument and write nothing. Output padding between
-// rows must never be written either.
+// checked against the fp64 reference; the same call through a paged cache,
+// through an AttentionPlan (two requests, run on the pool, by ith/nth shares
+// or task by task in reverse), and (16-bit caches) with fp32 Q/out must agree.
+// One case in four breaks the call in one known way (negative or zero sizes,
+// heads that do not divide, null data, strides whose extent overflows,
+// overlapping outputs, bad options or modifiers): then it must throw
+// ism::invalid_argument and write nothing. Output padding between rows must
+// never be written either.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -97,33 +98,49 @@ void check_paged(Input& in, std::mt19937& gen, ism::HeadsView<const T> q, ism::H
     ISM_FUZZ_CHECK(std::memcmp(&opt.lse[i], &lse2[size_t(i)], sizeof(float)) == 0, i);
 }
 
-// The same call as a one-request AttentionPlan, its tasks run one at a time in
-// reverse order, must give the same bits.
+// The same call planned (ism::AttentionPlan) as two requests of one batch,
+// run on the pool, by (ith, nth) shares or task by task in reverse, must give
+// its bits in both outputs.
 template <class T, class Mask>
-void check_plan(Input& in, ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v,
-                ism::HeadsView<T> out, const Mask& mask, const ism::AttentionOptions& opt, const float* lse) {
-  ism::RequestShape shape{q.tokens, k.tokens, q.heads, k.heads, q.dim, opt.q_offset};
+void check_planned(Input& in, ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v,
+                   ism::HeadsView<T> out, const Mask& mask, const ism::AttentionOptions& opt) {
+  const ism::RequestShape shape{q.tokens, k.tokens, q.heads, k.heads, q.dim, opt.q_offset};
+  std::vector<ism::PlanRequest> reqs;
+  reqs.push_back(ism::plan_request(shape, mask));
+  reqs.push_back(ism::plan_request(shape, mask));
   ism::HostExecution budget;
-  budget.threads = int(in.small(1, 4));
-  ism::AttentionPlan plan({ism::plan_request(shape, mask)}, budget);
-  std::vector<T> buf(size_t(std::max<index_t>(1, out.tokens * out.heads * q.dim)), T(42.f));
-  std::vector<float> lse2(size_t(out.heads * out.tokens) + 1, 7.f);
-  std::vector<ism::RequestBuffers<T, ism::ContiguousKV<T>>> bufs(1);
-  bufs[0].q = q;
-  bufs[0].kv = {k, v};
-  bufs[0].out = {buf.data(), out.tokens, out.heads, q.dim, out.heads * q.dim, q.dim};
-  bufs[0].lse = opt.lse ? lse2.data() : nullptr;
+  budget.threads = int(in.small(1, 3));
+  ism::AttentionPlan plan(std::move(reqs), budget);
+  const size_t n = size_t(std::max<index_t>(1, out.tokens * out.heads * out.dim));
+  std::vector<T> buf[2] = {std::vector<T>(n, T(42.f)), std::vector<T>(n, T(42.f))};
+  std::vector<float> lse[2] = {std::vector<float>(size_t(out.heads * out.tokens) + 1, 7.f),
+                               std::vector<float>(size_t(out.heads * out.tokens) + 1, 7.f)};
+  std::vector<ism::RequestBuffers<T, ism::ContiguousKV<T>>> b;
+  for (int r = 0; r < 2; ++r)
+    b.push_back({q, {k, v}, ism::token_major(buf[r].data(), out.tokens, out.heads, out.dim),
+                 opt.lse ? lse[r].data() : nullptr});
   ism::AttentionOptions o = opt;
   o.q_offset = -1;
   o.lse = nullptr;
-  const auto run = plan.bind(bufs, o);
-  for (index_t i = run.tasks() - 1; i >= 0; --i) run.run_task(i);
-  for (index_t t = 0; t < out.tokens; ++t)
-    for (index_t h = 0; h < out.heads; ++h)
-      for (index_t d = 0; d < q.dim; ++d)
-        ISM_FUZZ_CHECK(std::memcmp(&out(t, h, d), &bufs[0].out(t, h, d), sizeof(T)) == 0, t, h, d);
-  for (index_t i = 0; opt.lse && i < out.heads * out.tokens; ++i)
-    ISM_FUZZ_CHECK(std::memcmp(&lse[i], &lse2[size_t(i)], sizeof(float)) == 0, i);
+  const std::uint8_t how = in.byte() % 3;
+  if (how == 0) {
+    plan.run(b, o);
+  } else if (how == 1) {
+    const index_t nth = in.small(1, 4);
+    for (index_t ith = 0; ith < nth; ++ith) plan.run(b, o, ith, nth);
+  } else {
+    const auto run = plan.bind(b, o);
+    for (index_t i = run.tasks() - 1; i >= 0; --i) run.run_task(i);
+  }
+  for (int r = 0; r < 2; ++r) {
+    const ism::HeadsView<T> got = b[size_t(r)].out;
+    for (index_t t = 0; t < out.tokens; ++t)
+      for (index_t h = 0; h < out.heads; ++h)
+        for (index_t d = 0; d < out.dim; ++d)
+          ISM_FUZZ_CHECK(std::memcmp(&out(t, h, d), &got(t, h, d), sizeof(T)) == 0, r, t, d);
+    for (index_t i = 0; opt.lse && i < out.heads * out.tokens; ++i)
+      ISM_FUZZ_CHECK(std::memcmp(&opt.lse[i], &lse[r][size_t(i)], sizeof(float)) == 0, r, i);
+  }
 }
 
 // fp32 Q/out over the 16-bit K/V: within fp32 accuracy of the fp64
@@ -279,7 +296,7 @@ void run_case(Input& in, const Mask& mask, const Shape& s, int hostile) {
     ISM_FUZZ_CHECK(lse[size_t(heads * s.n_q)] == 7.f);  // one past the end
   }
   if (in.coin()) check_paged(in, gen, qv, kv, vv, ov, mask, opt);
-  if (in.coin()) check_plan(in, qv, kv, vv, ov, mask, opt, lse.data());
+  if (in.coin()) check_planned(in, qv, kv, vv, ov, mask, opt);
   if constexpr (!std::is_same_v<T, float>)
     if (in.coin()) check_mixed(qv, kv, vv, ov, mask, opt, amp);
 }

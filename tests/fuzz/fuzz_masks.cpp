@@ -3,6 +3,7 @@
 // ism::invalid_argument or agree with the mask rule of docs/DESIGN.md section 1,
 // written here a second
 // time, literally, from per-position document and segment ids.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -448,15 +449,16 @@ void fuzz_packed_mask(Input& in) {
   check_segment_mask(in, m, model);
 }
 
-// A dialogue grown call by call. A call that throws must leave the mask as it
-// was (the model is not changed then, and the final comparison sees all).
+// A dialogue grown (and cut back) call by call. A call that throws must leave
+// the mask as it was (the model is not changed then, and the final comparison
+// sees all).
 void fuzz_growth(Input& in) {
   ism::SegmentMask m;
   Model model;
   const index_t calls = in.small(1, 12);
   for (index_t c = 0; c < calls; ++c) {
     const index_t n = model.length();
-    const std::uint8_t op = in.byte() % 4;
+    const std::uint8_t op = in.byte() % 5;
     if (op == 0) {
       const Segment s{in.size(1, 12), mode(in)};
       const index_t total = checked_total(n, {s});
@@ -483,6 +485,22 @@ void fuzz_growth(Input& in) {
       ISM_FUZZ_CHECK(threw == (total < 0), pad);
       if (threw) continue;
       model.spans.push_back({pad, Attend::Causal, -1});
+    } else if (op == 4) {
+      // truncate(n): the layout built to length n.
+      const index_t cut = in.size(0, n);
+      const bool threw = throws_invalid([&] { m.truncate(cut); });
+      ISM_FUZZ_CHECK(threw == (cut < 0 || cut > n), cut, n);
+      if (threw) continue;
+      index_t pos = 0;
+      size_t keep = 0;
+      for (; keep < model.spans.size() && pos < cut; ++keep) {
+        model.spans[keep].length = std::min(model.spans[keep].length, cut - pos);
+        pos += model.spans[keep].length;
+      }
+      model.spans.resize(keep);
+      model.docs = 0;
+      for (const auto& s : model.spans)
+        if (s.doc >= 0) model.docs = s.doc + 1;
     } else {
       const index_t grow = in.size(1, 6);
       index_t total = checked_total(n, {{grow, Attend::Causal}});

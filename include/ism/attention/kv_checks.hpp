@@ -40,11 +40,13 @@ CheckedCall check_call(const char* where, HeadsView<const TQ> q, const PagedKV<T
   HeadsView<const TK> k_rows = pool_view(kv.k_pages(), kv.num_pages(), kv.page_size(), kv.heads(), kv.dim());
   HeadsView<const TK> v_rows = pool_view(kv.v_pages(), kv.num_pages(), kv.page_size(), kv.heads(), kv.dim());
   k_rows.tokens = v_rows.tokens = kv.tokens();  // within the pools: checked above
-  CheckedCall c;
-  c.shape = check_attention(where, q, k_rows, v_rows, out, mask, opt);
+  // Before check_attention, which would find an overlap with the first pages
+  // and name it "k".
   const ByteSpan so = check_view(where, "out", out);
   if (so.overlaps(pools.first)) fail(where, "out overlaps kv.k_pages");
   if (so.overlaps(pools.second)) fail(where, "out overlaps kv.v_pages");
+  CheckedCall c;
+  c.shape = check_attention(where, q, k_rows, v_rows, out, mask, opt);
   const ByteSpan sl = float_span(opt.lse, c.shape.q_heads * c.shape.n_q);
   if (sl.overlaps(pools.first) || sl.overlaps(pools.second)) fail(where, "options.lse overlaps an input");
   c.spans = {sq, pools.first, pools.second, so, sl};

@@ -113,9 +113,14 @@ template <class TQ, class KV>
 class BoundRun {
  public:
   index_t tasks() const { return static_cast<index_t>(schedule_->tasks().size()); }
-  void run_task(index_t i) const { cpu::run_task(*schedule_, *state_, problems_.data(), mods_, i); }
+  void run_task(index_t i) const {
+    if (i < 0 || i >= tasks())
+      detail::fail("ism::BoundRun::run_task", "task i = ", i, " is outside [0, ", tasks(), ")");
+    cpu::run_task(*schedule_, *state_, problems_.data(), mods_, i);
+  }
   // Thread ith of nth runs its share (all nth must call it).
   void run_share(index_t ith, index_t nth) const {
+    check_share("ism::BoundRun::run_share", ith, nth);
     cpu::run_share(*schedule_, *state_, problems_.data(), mods_, ith, nth);
   }
   // Every task, on the library's pool or `exec.parallel_for`.
@@ -125,6 +130,9 @@ class BoundRun {
 
  private:
   friend class AttentionPlan;
+  static void check_share(const char* where, index_t ith, index_t nth) {
+    if (nth <= 0 || ith < 0 || ith >= nth) detail::fail(where, "ith = ", ith, ", nth = ", nth, ": need 0 <= ith < nth");
+  }
   BoundRun(const cpu::Schedule* s, cpu::RunState* st, std::vector<cpu::Problem<TQ, KV>> p, cpu::ScoreMods m)
       : schedule_(s), state_(st), problems_(std::move(p)), mods_(m) {}
   const cpu::Schedule* schedule_;
@@ -141,6 +149,8 @@ class AttentionPlan {
   // use any number of threads, with the same results.
   explicit AttentionPlan(std::vector<PlanRequest> requests, const HostExecution& budget = {})
       : requests_(std::move(requests)) {
+    if (budget.threads < 0)
+      detail::fail("ism::AttentionPlan", "budget.threads = ", budget.threads, " is negative (0: the library default)");
     const int threads = budget.threads > 0 && !budget.parallel_for ? budget.threads : cpu::default_threads();
     std::vector<AttentionShape> shapes;
     std::vector<QueryBounds> bounds;
@@ -165,6 +175,7 @@ class AttentionPlan {
   BoundRun<TQ, KV> bind(const RequestBuffers<TQ, KV>* buffers, index_t count, const AttentionOptions& opt) {
     const char* where = "ism::AttentionPlan::run";
     if (count != size()) detail::fail(where, "got ", count, " request buffers for a plan of ", size(), " requests");
+    if (count > 0 && buffers == nullptr) detail::fail(where, "buffers is null with count = ", count);
     if (opt.q_offset != -1)
       detail::fail(where, "options.q_offset = ", opt.q_offset, " must be -1 (each planned request has its own)");
     if (opt.lse != nullptr) detail::fail(where, "options.lse must be null (set each request's lse)");
@@ -204,8 +215,7 @@ class AttentionPlan {
   template <class TQ, class KV>
   void run(const std::vector<RequestBuffers<TQ, KV>>& buffers, const AttentionOptions& opt, index_t ith,
            index_t nth) {
-    if (nth <= 0 || ith < 0 || ith >= nth)
-      detail::fail("ism::AttentionPlan::run", "ith = ", ith, ", nth = ", nth, ": need 0 <= ith < nth");
+    BoundRun<TQ, KV>::check_share("ism::AttentionPlan::run", ith, nth);
     bind(buffers, opt).run_share(ith, nth);
   }
   // After a run that threw (an allocation failure inside a task), before the

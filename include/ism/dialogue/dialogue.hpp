@@ -19,7 +19,9 @@
 // with |i - j| < window, mask/sliding_window.hpp): reuse, safe splits and
 // commits then follow the combined rule, and first_needed_key() says which
 // cached keys no row left to compute can see, so an engine can drop them.
+#include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "ism/core/options.hpp"
@@ -92,6 +94,36 @@ class Dialogue {
     if (turns_.spans().back().attend == Attend::Causal) turns_.extend_last(n);
     else turns_.append({n, Attend::Causal});
     grow_mask(n, /*new_query=*/false);
+    return *this;
+  }
+
+  // Takes back every token at or after n: a rejected speculative token, an
+  // answer to regenerate, a turn to edit. The script becomes the one built to
+  // length n (a turn cut short stays a turn), and committed rows past n are
+  // forgotten. Rows before n that now see other keys are no longer reusable():
+  // those of a Bidirectional segment cut short (they saw its old end), and
+  // under a multi-turn prefix-LM every row if the prefix shrinks. pending()
+  // then recomputes them; the engine drops its cache past pending().reused
+  // (PagedKVCache::truncate). Truncating inside a Causal answer keeps every
+  // row before n. Throws ism::invalid_argument unless 0 <= n <= length(), and
+  // then, like on std::bad_alloc, nothing changed.
+  Dialogue& truncate(index_t n) {
+    if (n < 0 || n > length())
+      detail::fail("ism::Dialogue::truncate", "n = ", n, " is outside [0, length() = ", length(), "]");
+    // The only step that may allocate comes first: a prefix-LM mask whose
+    // prefix shrinks is built anew.
+    SegmentMask other;
+    const bool rebuild = kind_ == DialogueMask::MultiTurnPrefixLM && n < other_.length() &&
+                         n < other_.spans().front().end;
+    if (rebuild) other = prefix_lm(last_query_end(n), n);
+    // From here on nothing throws.
+    for (auto s = turns_.spans().rbegin(); s != turns_.spans().rend() && s->begin >= n; ++s)
+      if (s->attend == Attend::Bidirectional && !(has_system_ && s->begin == 0)) --rounds_;
+    has_system_ = has_system_ && n > 0;
+    turns_.truncate(n);
+    if (rebuild) other_ = std::move(other);
+    else if (kind_ != DialogueMask::Ism) other_.truncate(n);
+    if (cached() > n) computed_.resize(static_cast<size_t>(n));
     return *this;
   }
 
@@ -192,6 +224,21 @@ class Dialogue {
         }
         return;
     }
+  }
+  // A multi-turn prefix-LM over n tokens: Bidirectional [0, prefix), Causal after.
+  static SegmentMask prefix_lm(index_t prefix, index_t n) {
+    SegmentMask m;
+    if (prefix > 0) m.append({prefix, Attend::Bidirectional});
+    if (n > prefix) m.append({n - prefix, Attend::Causal});
+    return m;
+  }
+  // Where the last query (or the system prompt) that starts before n ends,
+  // cut at n: the prefix of a prefix-LM dialogue truncated to n tokens.
+  index_t last_query_end(index_t n) const {
+    const auto& spans = turns_.spans();
+    for (auto s = spans.rbegin(); s != spans.rend(); ++s)
+      if (s->begin < n && s->attend == Attend::Bidirectional) return std::min(s->end, n);
+    return 0;
   }
   static void check_positive(const char* where, const char* arg, index_t n) {
     if (n <= 0) detail::fail(where, arg, " = ", n, " must be positive");

@@ -12,7 +12,7 @@
 // they see nothing and nobody sees them.
 //
 // A SegmentMask is an immutable value once built, except through the explicit
-// growth calls below; concurrent reads from many threads are safe.
+// growth and truncate calls below; concurrent reads from many threads are safe.
 #include <algorithm>
 #include <vector>
 
@@ -128,6 +128,35 @@ class SegmentMask {
     if (last.doc >= 0 && last.attend == Attend::Bidirectional)
       for (index_t i = last.begin; i < begin; ++i) hi_[static_cast<size_t>(i)] = end;
     push_rows(begin, end, last.attend, doc_begin, last.doc < 0);
+    return *this;
+  }
+
+  // --- taking tokens back -------------------------------------------------
+  // Drops every position at or after n (a rejected speculative token, an
+  // answer to regenerate): the layout becomes the one built to length n.
+  // Segments and documents past n go, the segment holding n - 1 ends at n,
+  // and if that segment is Bidirectional its rows now see keys up to n only
+  // (they saw its old end). O(dropped segments + the cut segment's rows);
+  // nothing is allocated, so only a bad n throws, and then nothing changed.
+  SegmentMask& truncate(index_t n) {
+    if (n < 0 || n > length())
+      detail::fail("ism::SegmentMask::truncate", "n = ", n, " is outside [0, ", length(), "]");
+    while (!spans_.empty() && spans_.back().begin >= n) spans_.pop_back();
+    lo_.resize(static_cast<size_t>(n));
+    hi_.resize(static_cast<size_t>(n));
+    if (!spans_.empty() && spans_.back().end > n) {
+      Span& last = spans_.back();
+      last.end = n;
+      if (!last.is_padding() && last.attend == Attend::Bidirectional)
+        for (index_t i = last.begin; i < n; ++i) hi_[static_cast<size_t>(i)] = n;
+    }
+    // Documents are numbered in order: the last one left names the count.
+    docs_ = 0;
+    for (auto s = spans_.rbegin(); s != spans_.rend(); ++s)
+      if (!s->is_padding()) {
+        docs_ = s->doc + 1;
+        break;
+      }
     return *this;
   }
 
