@@ -1,6 +1,7 @@
 // Fuzz target: bytes -> one ism::attention call on a small shape (zero or one
 // token, dim 1, GQA, offsets, padded strides, every mask kind, fp32 / bf16 /
-// fp16, with or without LSE, with or without softcap, sinks and ALiBi),
+// fp16, with or without LSE, with or without softcap, sinks and ALiBi,
+// with or without a sliding window),
 // checked against the fp64 reference; the same call through a paged cache,
 // through an AttentionPlan (two requests, run on the pool, by ith/nth shares
 // or task by task in reverse), and (16-bit caches) with fp32 Q/out must agree.
@@ -329,7 +330,11 @@ void fuzz_one(Input& in, int hostile) {
   s.lse = in.coin();
   const index_t window = std::max(s.n_k, (s.q_offset < 0 ? s.n_k - s.n_q : s.q_offset) + s.n_q);
   switch (in.byte() % 6) {
-    case 0: run_case<T>(in, ism::causal_mask(), s, hostile); break;
+    case 0:
+      // Mistral-style: a sliding window over causal attention, one case in four.
+      if (in.small(0, 3) == 0) run_case<T>(in, ism::sliding_window(ism::causal_mask(), in.small(1, 40)), s, hostile);
+      else run_case<T>(in, ism::causal_mask(), s, hostile);
+      break;
     case 1: run_case<T>(in, ism::full_mask(), s, hostile); break;
     case 2: run_case<T>(in, ism::prefix_mask(in.small(0, window + 2)), s, hostile); break;
     default: {
@@ -350,6 +355,7 @@ void fuzz_one(Input& in, int hostile) {
       }
       const ism::SegmentMask mask = ism::packed_mask(docs, pad);
       if (in.coin()) run_case<T>(in, mask, s, hostile);
+      else if (in.small(0, 2) == 0) run_case<T>(in, ism::sliding_window(mask.bounds(), in.small(1, 60)), s, hostile);
       else run_case<T>(in, mask.bounds(), s, hostile);
     }
   }
