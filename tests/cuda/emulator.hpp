@@ -4,6 +4,11 @@
 // any machine: CI has nvcc but no GPU, and this is where the kernel's index
 // arithmetic, masking, online softmax, split/merge and epilogue actually run.
 //
+// The CUDA runtime itself is emulated too (emulated_runtime.cpp, which the
+// test links instead of libcudart): "device" memory is host memory, streams
+// run at once, and every call is counted (RuntimeCounts), so a test can check
+// what the library's host code asks of the runtime per call.
+//
 // One std::thread per CUDA thread; the blocks of a grid run one after another,
 // so one static array is every block's shared memory. Warp instructions
 // (ldmatrix, mma.sync, shfl) are collectives: each lane posts its operand,
@@ -19,7 +24,9 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <atomic>
 #include <barrier>
+#include <stdexcept>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -31,6 +38,24 @@ inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
 
 namespace ism_emu {
+
+// Calls into the emulated CUDA runtime, by kind.
+struct RuntimeCounts {
+  std::atomic<long> allocations{0};     // cudaMalloc, cudaMallocAsync
+  std::atomic<long> frees{0};           // cudaFree, cudaFreeAsync
+  std::atomic<long> copies{0};          // cudaMemcpy(Async), cudaMemsetAsync
+  std::atomic<long> bytes_copied{0};
+  std::atomic<long> syncs{0};           // anything that waits for the device
+  std::atomic<long> pointer_queries{0};  // cudaPointerGetAttributes
+  std::atomic<long> device_queries{0};   // cudaGetDevice, cudaDeviceGetAttribute
+  std::atomic<long> func_attributes{0};  // cudaFuncSetAttribute
+  std::atomic<long> launches{0};
+  std::atomic<long> error_polls{0};  // cudaGetLastError (returns at once)
+};
+RuntimeCounts& counts();
+inline void count_launch() { ++counts().launches; }
+// True for memory from the emulated cudaMalloc / cudaMallocAsync.
+bool is_device_memory(const void* p);
 
 struct Warp {
   std::barrier<> meet{32};
@@ -175,39 +200,18 @@ alignas(16) inline unsigned char smem_raw[256 * 1024];
 
 }  // namespace ism::cuda::detail
 
-#include "ism/cuda/decode.cuh"
-#include "ism/cuda/kernel_fwd.cuh"
-#include "ism/cuda/kernel_traits.cuh"
-
 namespace ism_emu {
 
-// ism::cuda::attention's launch, on the emulator: the same parameters, split
-// choice (for a 132-SM GPU unless `kv_splits` says) and kernels.
-template <class T, class Mask>
-void attention(ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v,
-               ism::HeadsView<T> out, const Mask& mask, const ism::AttentionOptions& opt, int kv_splits) {
-  using namespace ism::cuda;
-  const ism::AttentionShape s = ism::check_attention("ism_emu::attention", q, k, v, out, mask, opt);
-  if (s.n_q == 0) return;
-  auto p = detail::make_params(q, k, v, out, s, opt.lse);
-  using E = ism::cuda::device_element_t<T>;
-  detail::dispatch_dim(s.dim, [&](auto traits) {
-    using Traits = decltype(traits);
-    static_assert(Traits::kSmemElems * sizeof(E) <= sizeof(detail::smem_raw));
-    p.splits = detail::plan_splits<Traits>(p, s.q_heads, kv_splits, 132);
-    const ism::index_t rows = ism::index_t(p.splits) * s.q_heads * s.n_q;
-    std::vector<float> part(p.splits > 1 ? size_t(rows * (p.dim_pad + 1)) : 0);
-    p.part_out = part.data();
-    p.part_lse = part.data() + rows * p.dim_pad;
-    const dim3 grid(unsigned((s.n_q + Traits::kBlockM - 1) / Traits::kBlockM), unsigned(s.q_heads),
-                    unsigned(p.splits));
-    run_grid(grid, Traits::kThreads, [&] { detail::attention_fwd_kernel<Traits, E, Mask>(p, mask); });
-    if (p.splits > 1)
-      run_grid(dim3(unsigned(s.n_q), unsigned(s.q_heads)), 128, [&] {
-        detail::merge_splits_kernel<E>(p.part_out, p.part_lse, p.out, p.out_token_stride, p.out_head_stride, p.lse,
-                                       p.n_q, p.dim, p.dim_pad, p.splits);
-      });
-  });
+// ism::cuda's launches land here (launch.cuh calls it under
+// ISM_CUDA_HOST_EMULATION): the kernel runs on the emulator at once, as if
+// its stream were already idle.
+template <class P>
+void launch(void (*kernel)(P), dim3 grid, int threads, size_t smem, cudaStream_t, const P& params) {
+  if (smem > sizeof(ism::cuda::detail::smem_raw)) throw std::runtime_error("emulated launch: shared memory too large");
+  count_launch();
+  run_grid(grid, threads, [&] { kernel(params); });
 }
 
 }  // namespace ism_emu
+
+#include "ism/cuda.hpp"
