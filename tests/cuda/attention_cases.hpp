@@ -212,7 +212,7 @@ void random_case(Run&& run, Rng& rng, MaskKind kind, index_t dim, index_t max_n,
   if (kind == MaskKind::Segments) arg.segments = &segments;
   if (kind == MaskKind::Prefix) arg.prefix = rng.uniform(0, length);
   if (dim <= 64 && rng.coin(0.2)) arg.window = rng.uniform(1, std::max<index_t>(1, length));
-  if (kind == MaskKind::Segments && arg.window == 0 && dim <= 128 && rng.coin(0.2)) {
+  if (kind == MaskKind::Segments && arg.window == 0 && (dim <= 64 || (dim > 96 && dim <= 128)) && rng.coin(0.2)) {
     c.launch.page_size = index_t(1) << rng.uniform(0, 6);
     c.launch.table64 = rng.coin();
   }

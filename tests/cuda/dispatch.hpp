@@ -1,7 +1,7 @@
 #pragma once
 // From a test case's arguments to an ism::cuda call, for both backends of the
 // tests: runner.cu (nvcc, device memory) and the CPU emulation (host memory
-// seen as device memory). Include after ism/cuda.hpp or cuda/emulator.hpp.
+// seen as device memory). The emulated test includes cuda/emulator.hpp first.
 //
 // Each kind of case compiles the kernel set it needs (ism::cuda::Variants),
 // which keeps the tests' build to a few hundred kernels instead of every
@@ -13,6 +13,7 @@
 #include "cuda/mask_arg.hpp"
 #include "ism/core/options.hpp"
 #include "ism/core/views.hpp"
+#include "ism/cuda.hpp"
 #include "ism/kv/paged_view.hpp"
 #include "ism/mask/simple_masks.hpp"
 

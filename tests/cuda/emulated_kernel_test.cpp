@@ -67,7 +67,7 @@ class EmulatedCudaKernel : public ::testing::Test {};
 using StorageTypes = ::testing::Types<Eigen::half, Eigen::bfloat16>;
 TYPED_TEST_SUITE(EmulatedCudaKernel, StorageTypes);
 
-// A thread per CUDA thread is slow: short layouts, each dim path once.
+// Emulated warps are slow: short layouts, each dim path once.
 ism_cuda_test::Budget small_budget() {
   ism_cuda_test::Budget b;
   b.reps = 1;
@@ -291,6 +291,59 @@ TEST(EmulatedCudaRuntime, VariantsLeftOutAreRefused) {
                                 {}, ism_cuda_test::NativeVariants{});
       },
       {"options.softcap"});
+  EXPECT_EQ((Snapshot::now() - before).launches, 0);
+}
+
+// The paged and batched entry points refuse bad input, naming the argument,
+// before anything runs (the contiguous entry's checks: attention_test.cpp).
+TEST(EmulatedCudaRuntime, PagedAndBatchedBadInputThrowsBeforeAnyLaunch) {
+  using T = Eigen::half;
+  const index_t dim = 64;
+  Tensor<T> q(2, 2, dim), out(2, 2, dim), k(40, 1, dim), v(40, 1, dim);
+  std::vector<T> pages(size_t(4 * 16 * dim));
+  std::vector<std::int32_t> table{0, 1, 2};
+  const Snapshot before = Snapshot::now();
+  auto paged = [&](index_t page_size, index_t num_pages, const std::int32_t* t, index_t tokens) {
+    const ism::PagedKV<T, std::int32_t> kv(pages.data(), pages.data(), num_pages, page_size, 1, dim, t, tokens);
+    ism::cuda::attention<T>(q.cview(), kv, out.view, ism::causal_mask(), {}, nullptr, {},
+                            ism_cuda_test::PagedVariants{});
+  };
+  ism_test::expect_invalid([&] { paged(0, 4, table.data(), 40); }, {"kv.page_size = 0"});
+  ism_test::expect_invalid([&] { paged(16, 2, table.data(), 40); }, {"kv.tokens = 40", "kv.num_pages = 2"});
+  ism_test::expect_invalid([&] { paged(16, 4, nullptr, 40); }, {"kv.block_table is null"});
+  ism_test::expect_invalid(
+      [&] {
+        const ism::PagedKV<T, std::int32_t> kv(pages.data(), pages.data(), 4, 16, 1, dim, table.data(), 40);
+        auto over = out.view;
+        over.data = pages.data() + 8;  // out inside the pool
+        ism::cuda::attention<T>(q.cview(), kv, over, ism::causal_mask(), {}, nullptr, {},
+                                ism_cuda_test::PagedVariants{});
+      },
+      {"out overlaps k"});
+
+  const ism::SegmentMask mask = ism::ism_mask({0, 10, 40});
+  const ism::RowBoundsMask bounds = mask.bounds();
+  using Req = ism::cuda::AttentionRequest<T, ism::RowBoundsMask>;
+  Tensor<T> q2(2, 2, 32), out2(2, 2, dim);
+  auto batch = [&](std::vector<Req> reqs, ism::AttentionOptions opt) {
+    ism::cuda::attention_batch(reqs, opt, nullptr, {}, ism_cuda_test::PagedVariants{});
+  };
+  const Req good{q.cview(), k.cview(), v.cview(), out.view, &bounds, -1, nullptr};
+  ism::AttentionOptions offset;
+  offset.q_offset = 3;
+  ism_test::expect_invalid([&] { batch({good}, offset); }, {"options.q_offset = 3"});
+  Req null_mask = good;
+  null_mask.mask = nullptr;
+  ism_test::expect_invalid([&] { batch({good, null_mask}, {}); }, {"requests[1].mask is null"});
+  Req other_dim = good;
+  other_dim.q = q2.cview();
+  other_dim.out = out2.view;
+  ism_test::expect_invalid([&] { batch({good, other_dim}, {}); }, {"requests[1]"});
+  Req writes_input = good;
+  writes_input.out = ism::HeadsView<T>{const_cast<T*>(k.cview().data), 2, 2, dim, 2 * dim, dim};
+  Req reads = good;
+  reads.out = out2.view;
+  ism_test::expect_invalid([&] { batch({reads, writes_input}, {}); }, {"overlaps"});
   EXPECT_EQ((Snapshot::now() - before).launches, 0);
 }
 

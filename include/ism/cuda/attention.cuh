@@ -11,6 +11,7 @@
 // caller's to get right. Launches are asynchronous on `stream`.
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -416,7 +417,9 @@ void batch(const Req* requests, size_t count, const AttentionOptions& opt, cudaS
     o.lse = requests[i].lse;
     AttentionShape s{};
     bool v = true;
-    items[i] = batch_item(where, requests[i], o, &spans[i], &s, &v);
+    // Messages name the request.
+    const std::string here = std::string(where) + " requests[" + std::to_string(i) + "]";
+    items[i] = batch_item(here.c_str(), requests[i], o, &spans[i], &s, &v);
     if (i == 0) first = s;
     // One launch shares the head dim (one tile shape) and the per-head
     // options (sinks, slopes: [q.heads]).
