@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <vector>
 
 #include "ism/cuda.hpp"
@@ -58,9 +59,7 @@ bool finite_output(const T* out, size_t n, const char* what) {
   return true;
 }
 
-}  // namespace
-
-int main() {
+bool run_all() {
   bool ok = true;
   cudaStream_t stream;
   ISM_CUDA_CHECK(cudaStreamCreate(&stream));
@@ -152,6 +151,23 @@ int main() {
       ISM_CUDA_CHECK(cudaFree(p));
   }
   ISM_CUDA_CHECK(cudaStreamDestroy(stream));
-  std::printf(ok ? "sanitizer cases: all ran\n" : "sanitizer cases: FAILED\n");
-  return ok ? 0 : 1;
+  return ok;
+}
+
+}  // namespace
+
+int main() {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::fprintf(stderr, "cuda_sanitizer_cases: no CUDA device on this machine, nothing to run\n");
+    return 1;
+  }
+  try {
+    const bool ok = run_all();
+    std::printf(ok ? "sanitizer cases: all ran\n" : "sanitizer cases: FAILED\n");
+    return ok ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cuda_sanitizer_cases: %s\n", e.what());
+    return 1;
+  }
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/testing.hpp"
+#include "cuda/mask_arg.hpp"
 
 namespace {
 
@@ -90,6 +91,29 @@ TEST(CudaBlockPlan, SimpleMasksMatchTheRule) {
                q_offset, block_m, block_n);
     check_plan(ism::full_mask(), [&](index_t, index_t k) { return k < n_k; }, n_q, n_k, q_offset, block_m,
                block_n);
+    if (HasFatalFailure() || HasNonfatalFailure()) return;
+  }
+}
+
+// Sliding windows (the tests' LocalWindow policy) over causal and ISM masks:
+// the plan visits exactly the key blocks inside the window (issue 14: work
+// outside a window is never done), and blocks wholly inside it run unmasked.
+TEST(CudaBlockPlan, WindowedMasksVisitOnlyTheWindow) {
+  ISM_SEEDED_TEST_BODY(seed);
+  ism_test::Rng rng(seed);
+  for (int iter = 0; iter < 200; ++iter) {
+    const auto layout = ism_test::random_layout(rng, 2, 6, 60, false);
+    const ism::SegmentMask mask = layout.mask();
+    const index_t n = mask.length(), w = rng.uniform(1, n + 5);
+    const index_t n_q = rng.uniform(1, n), q_offset = rng.uniform(0, n - n_q), n_k = rng.uniform(0, n);
+    const index_t block_m = index_t(16) << rng.uniform(0, 3), block_n = index_t(16) << rng.uniform(0, 2);
+    SCOPED_TRACE(::testing::Message() << layout.describe() << " window " << w);
+    const ism_cuda_test::LocalWindow<ism::RowBoundsMask> windowed{mask.bounds(), w};
+    check_plan(windowed, [&](index_t q, index_t k) { return k < n_k && windowed.allowed(q, k); }, n_q, n_k, q_offset,
+               block_m, block_n);
+    const ism_cuda_test::LocalWindow<ism::CausalMask> causal{ism::causal_mask(), w};
+    check_plan(causal, [&](index_t q, index_t k) { return k < n_k && causal.allowed(q, k); }, n_q, n_k, q_offset,
+               block_m, block_n);
     if (HasFatalFailure() || HasNonfatalFailure()) return;
   }
 }
