@@ -19,7 +19,8 @@
 #       (flash, causal) and FlexAttention (ISM block mask) at bf16, N = 1k..32k,
 #       D = 64 and 128, plus decode bandwidth. Writes one report, OUT/gpu_report.md
 #       (default OUT: $OUT if set, else ./gpu-check-out), each stage with its
-#       status, time and output tail. Every stage has a time limit so that the
+#       status, time and output tail, beside each stage's full log and the
+#       benchmark's tables (bench.md): 7 files at most. Every stage has a time limit so that the
 #       whole run stays inside --budget (default 560 s, for a 10-minute slot).
 #       Without a GPU it says so, writes a report saying so, and exits 0.
 #       Exit status: 0 when every stage that ran passed, 1 otherwise.
@@ -77,7 +78,7 @@ gather() {
   for b in $binaries; do
     ldd "$bundle/$(basename "$b")" | awk '/=> \// {print $3}' | grep -E 'benchmark|cudart|gtest' || true
   done | sort -u | while read -r lib; do cp -L "$lib" "$bundle/lib/"; done
-  git -C "$here/.." rev-parse HEAD > "$bundle/COMMIT" 2>/dev/null || echo unknown > "$bundle/COMMIT"
+  git -C "$here/.." describe --always --dirty --abbrev=12 > "$bundle/COMMIT" 2>/dev/null || echo unknown > "$bundle/COMMIT"
   echo "$arch" > "$bundle/ARCH"
   echo "gpu_check: bundle in $bundle ($(du -sh "$bundle" | cut -f1)), commit $(cat "$bundle/COMMIT"):"
   ls -l "$bundle" "$bundle/lib"
@@ -144,7 +145,8 @@ stage() {
     return 0
   fi
   echo "gpu_check: $name (limit ${limit}s)"
-  local log="$out/$(echo "$name" | tr ' /' '__').log" t0 rc=0
+  # Log names in letters, digits, '.', '_' and '-' only (what a device run's $OUT gives back).
+  local log="$out/$(printf '%s' "$name" | tr -c 'A-Za-z0-9._-' '_' | cut -c1-40).log" t0 rc=0
   t0=$(date +%s)
   timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1 || rc=$?
   local status=passed

@@ -17,6 +17,23 @@
 //   cuda/fragment.hpp      where each lane's data sits in an mma fragment (host-testable)
 //   cuda/element.cuh       __half / __nv_bfloat16 and their Eigen twins
 //   cuda/check.cuh         ISM_CUDA_CHECK and ism::cuda::cuda_error
+//
+// An engine's decode loop, with nothing but launches and the new row's
+// bounds on the per-step path (no allocation, synchronisation or query):
+//
+//   ism::cuda::DeviceMask mask(dialogue.mask(), stream);          // once
+//   ism::cuda::LaunchOptions lo;
+//   lo.device = ism::cuda::device_info();                          // once
+//   cudaMalloc(&ws, ism::cuda::workspace_bytes(max_rows, head_dim)); // once
+//   lo.workspace = {ws, ism::cuda::workspace_bytes(max_rows, head_dim)};
+//   for each step:
+//     dialogue grows;  mask.update(dialogue.mask(), stream);      // uploads the new rows only
+//     for each layer:
+//       ism::cuda::attention<T>(q, k, v, out, mask, opts, stream, lo);   // or paged / attention_batch
+//
+// Sliding windows: pass any window policy over a device policy, e.g.
+// ism::sliding_window(mask.policy(), w); a policy of your own works if it is
+// trivially copyable and its keys(q) is ISM_HOST_DEVICE.
 #if !defined(__CUDACC__) && !defined(ISM_CUDA_HOST_EMULATION)
 #error "ism/cuda.hpp needs nvcc: compile this translation unit as CUDA (a .cu file, or LANGUAGE CUDA in CMake). Non-CUDA code includes ism/ism.hpp only."
 #endif
