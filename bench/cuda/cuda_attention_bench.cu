@@ -1,5 +1,9 @@
-// TFLOP/s of visible work of ism::cuda::attention, bf16, prefill (n_q = n_k =
-// N), for causal, prefix-LM and ISM masks, N = 1k..32k, head dim 64 and 128.
+// ism::cuda::attention at bf16:
+//   prefill (n_q = n_k = N) for causal, prefix-LM and ISM masks, N = 1k..32k,
+//   head dim 64 and 128, in TFLOP/s of visible work;
+//   decode (one new token, 32 query heads over 8 KV heads, dim 128) against
+//   caches of 4k..128k tokens, alone and as a batch of 32 sequences, in GB/s
+//   of K/V read (the decode kernel reads each K/V tile once per KV head).
 //
 // Work counts only the (query, key) pairs the mask lets through: 4 * pairs *
 // dim * heads flops (QK^T and PV, 2 each), the convention of flash-attention's
@@ -25,6 +29,8 @@ namespace {
 
 using ism::index_t;
 using T = __nv_bfloat16;
+// The kernels these cases need: dims 64 and 128, 16-byte loads, no modifiers.
+using Kernels = ism::cuda::Variants<ism::cuda::HeadDims<64, 128>, false, false>;
 
 // Deterministic inputs in [-1, 1) without a host round trip.
 __global__ void fill_kernel(T* p, size_t n, std::uint32_t seed) {
@@ -71,24 +77,16 @@ void count_work(const Mask& host_mask, index_t n, double* pairs, double* skipped
   *skipped = 1.0 - visited / tiles;
 }
 
-template <class Mask, class HostMask>
-void run(benchmark::State& state, const Mask& mask, const HostMask& host_mask, index_t n, index_t dim) {
-  const index_t heads = 2048 / dim;
-  const size_t elems = size_t(n * heads * dim);
-  DeviceTensor q(elems, 1), k(elems, 2), v(elems, 3), out(elems, 4);
-  auto view = [&](T* p) { return ism::token_major(p, n, heads, dim); };
+// Seconds per call of `call`, from CUDA events around several calls (the
+// host's work for call i+1 overlaps the GPU's on call i, as in an engine).
+template <class Call>
+double time_calls(benchmark::State& state, Call&& call) {
   cudaEvent_t start, stop;
   ISM_CUDA_CHECK(cudaEventCreate(&start));
   ISM_CUDA_CHECK(cudaEventCreate(&stop));
-  auto call = [&] {
-    ism::cuda::attention<T>(ism::as_const(view(q.p)), ism::as_const(view(k.p)), ism::as_const(view(v.p)),
-                            view(out.p), mask);
-  };
-  call();  // warm-up: first-launch costs, smem carve-out
+  call();
   ISM_CUDA_CHECK(cudaDeviceSynchronize());
-  // Several calls between the events: the host's argument checks for call
-  // i+1 overlap the GPU's work on call i, as they do in an engine's loop.
-  constexpr int kCallsPerIteration = 5;
+  constexpr int kCallsPerIteration = 20;
   double total_s = 0;
   for (auto _ : state) {
     ISM_CUDA_CHECK(cudaEventRecord(start));
@@ -103,15 +101,60 @@ void run(benchmark::State& state, const Mask& mask, const HostMask& host_mask, i
   }
   ISM_CUDA_CHECK(cudaEventDestroy(start));
   ISM_CUDA_CHECK(cudaEventDestroy(stop));
+  return total_s / double(state.iterations());
+}
+
+template <class Mask, class HostMask>
+void run(benchmark::State& state, const Mask& mask, const HostMask& host_mask, index_t n, index_t dim) {
+  const index_t heads = 2048 / dim;
+  const size_t elems = size_t(n * heads * dim);
+  DeviceTensor q(elems, 1), k(elems, 2), v(elems, 3), out(elems, 4);
+  auto view = [&](T* p) { return ism::token_major(p, n, heads, dim); };
+  auto call = [&] {
+    ism::cuda::attention<T>(ism::as_const(view(q.p)), ism::as_const(view(k.p)), ism::as_const(view(v.p)),
+                            view(out.p), mask, {}, nullptr, {}, Kernels{});
+  };
+  const double per_call_s = time_calls(state, call);
   double pairs = 0, skipped = 0;
   count_work(host_mask, n, &pairs, &skipped);
   const double flops = 4.0 * pairs * double(dim) * double(heads);
   // Plain counters: Google Benchmark's rate counters divide by CPU time, not
   // by the manual (GPU) time.
-  state.counters["TFLOP/s"] = flops * double(state.iterations()) / total_s / 1e12;
+  state.counters["TFLOP/s"] = flops / per_call_s / 1e12;
   state.counters["density"] = pairs / (double(n) * double(n));
   state.counters["tiles_skipped"] = skipped;
   state.counters["heads"] = double(heads);
+}
+
+// Decode: `requests` sequences of n_k cached tokens, one new token each, 32
+// query heads over 8 KV heads, dim 128, causal; the engine's way (a workspace
+// and the device info passed in, no per-call query or allocation).
+void decode(benchmark::State& state, index_t n_k, index_t requests) {
+  constexpr index_t q_heads = 32, kv_heads = 8, dim = 128;
+  DeviceTensor q(size_t(requests * q_heads * dim), 1), out(size_t(requests * q_heads * dim), 2);
+  DeviceTensor k(size_t(requests * n_k * kv_heads * dim), 3), v(size_t(requests * n_k * kv_heads * dim), 4);
+  const size_t ws_bytes = ism::cuda::workspace_bytes(requests * q_heads, dim);
+  void* ws = nullptr;
+  ISM_CUDA_CHECK(cudaMalloc(&ws, ws_bytes));
+  ism::cuda::LaunchOptions lo;
+  lo.workspace = {ws, ws_bytes};
+  lo.device = ism::cuda::device_info();
+  const ism::CausalMask causal;
+  std::vector<ism::cuda::AttentionRequest<T, ism::CausalMask>> reqs;
+  for (index_t r = 0; r < requests; ++r)
+    reqs.push_back({ism::token_major<const T>(q.p + r * q_heads * dim, 1, q_heads, dim),
+                    ism::token_major<const T>(k.p + r * n_k * kv_heads * dim, n_k, kv_heads, dim),
+                    ism::token_major<const T>(v.p + r * n_k * kv_heads * dim, n_k, kv_heads, dim),
+                    ism::token_major(out.p + r * q_heads * dim, 1, q_heads, dim), &causal, -1, nullptr});
+  const double s = time_calls(state, [&] {
+    if (requests == 1)
+      ism::cuda::attention<T>(reqs[0].q, reqs[0].k, reqs[0].v, reqs[0].out, causal, {}, nullptr, lo, Kernels{});
+    else ism::cuda::attention_batch(reqs, {}, nullptr, lo, Kernels{});
+  });
+  ISM_CUDA_CHECK(cudaFree(ws));
+  const double bytes = 2.0 * double(requests * n_k * kv_heads * dim) * sizeof(T);
+  state.counters["GB/s"] = bytes / s / 1e9;
+  state.counters["us"] = s * 1e6;
 }
 
 }  // namespace
@@ -138,6 +181,16 @@ int main(int argc, char** argv) {
         run(s, device.policy(), host.bounds(), n, dim);  // host bounds: plain ISM_HOST_DEVICE calls
       })->UseManualTime()->Unit(benchmark::kMillisecond);
     }
+  for (index_t n_k : {4096, 16384, 65536, 131072})
+    benchmark::RegisterBenchmark(("decode/n_k:" + std::to_string(n_k) + "/requests:1").c_str(),
+                                 [=](benchmark::State& s) { decode(s, n_k, 1); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+  for (index_t n_k : {4096, 16384})
+    benchmark::RegisterBenchmark(("decode/n_k:" + std::to_string(n_k) + "/requests:32").c_str(),
+                                 [=](benchmark::State& s) { decode(s, n_k, 32); })
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -1,7 +1,11 @@
-// ism::cuda::attention against the fp64 reference on random shapes, layouts
-// and data: every mask kind, fp16 and bf16, head dims 64, 128 and the generic
-// path, GQA ratios, q_offset, LSE, strided views, and the split decode path.
-// Without a GPU every test that needs one skips and says why.
+// ism::cuda::attention and attention_batch against the fp64 reference on
+// random shapes, layouts and data: every mask kind and sliding windows, fp16
+// and bf16, head dims 64, 80, 96, 128, 256 and odd ones, GQA ratios,
+// q_offset, LSE, strided views, both kernels (prefill, GQA-packed decode),
+// key splits, NaN in visible keys, softcap, ALiBi and sinks, paged caches
+// with int32 and int64 tables, and batches. Without a GPU every test that
+// needs one skips and says why (the same cases run on the CPU emulator in
+// cuda_emulated_kernel_test).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -36,8 +40,13 @@ TYPED_TEST_SUITE(CudaAttention, StorageTypes);
 
 template <class T>
 void gpu(ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v, ism::HeadsView<T> out,
-         const MaskArg& mask, const ism::AttentionOptions& options, int kv_splits) {
-  ism_cuda_test::run_on_gpu<T>(q, k, v, out, mask, options, kv_splits);
+         const MaskArg& mask, const ism::AttentionOptions& options, const ism_cuda_test::LaunchArg& la) {
+  ism_cuda_test::run_on_gpu<T>(q, k, v, out, mask, options, la);
+}
+template <class T>
+void gpu_batch(const std::vector<ism_cuda_test::BatchView<T>>& items, const ism::AttentionOptions& options,
+               const ism_cuda_test::LaunchArg& la) {
+  ism_cuda_test::run_batch_on_gpu<T>(items, options, la);
 }
 
 const ism_cuda_test::Budget kBudget{};
@@ -59,6 +68,18 @@ ISM_GPU_CASE(RowsThatSeeNothingGiveZeroAndMinusInfinity,
 ISM_GPU_CASE(EmptyKeyBlocksAreNeverRead,
              ism_cuda_test::empty_key_blocks_are_never_read<TypeParam>(gpu<TypeParam>, rng, {64, 128, 40}))
 ISM_GPU_CASE(OddStridesMatchReference, ism_cuda_test::odd_strides<TypeParam>(gpu<TypeParam>, rng, 300))
+ISM_GPU_CASE(NanInAVisibleKeyGivesNanWithOneOrManySplits,
+             ism_cuda_test::nan_in_visible_key<TypeParam>(gpu<TypeParam>, rng, 2048))
+ISM_GPU_CASE(SoftcapAlibiAndSinksMatchReference, ism_cuda_test::modifiers<TypeParam>(gpu<TypeParam>, rng, 400))
+ISM_GPU_CASE(SlidingWindowPoliciesMatchReference,
+             ism_cuda_test::sliding_windows<TypeParam>(gpu<TypeParam>, rng, 300))
+ISM_GPU_CASE(PagedCacheMatchesReference, ism_cuda_test::paged_cache<TypeParam>(gpu<TypeParam>, rng, 600))
+ISM_GPU_CASE(BatchOfRequestsMatchesReference, {
+  ism_cuda_test::batch_of_requests<TypeParam>(gpu_batch<TypeParam>, rng, 300, 40, ism_cuda_test::LaunchArg{});
+  ism_cuda_test::LaunchArg paged;
+  paged.page_size = 16;
+  ism_cuda_test::batch_of_requests<TypeParam>(gpu_batch<TypeParam>, rng, 300, 21, paged);
+})
 ISM_GPU_CASE(IsmEarlierRoundsDoNotDependOnLaterOnes, for (index_t dim : {64, 128, 40}) {
   ism_cuda_test::ism_kv_reuse<TypeParam>(gpu<TypeParam>, rng, dim);
 })
@@ -78,12 +99,20 @@ TEST(CudaAttentionArguments, BadShapesThrowBeforeAnyDeviceWork) {
     EXPECT_NE(std::string(e.what()).find("q.heads = 3"), std::string::npos) << e.what();
   }
   Tensor<Eigen::bfloat16> qb(4, 1, 300), kb(4, 1, 300), vb(4, 1, 300), ob(4, 1, 300);
+  const ism::SegmentMask long_mask = ism::ism_mask({0, 2, 4});
   try {
-    ism_cuda_test::call_directly<Eigen::bfloat16>(qb.cview(), kb.cview(), vb.cview(), ob.view, causal, {});
+    ism_cuda_test::call_directly<Eigen::bfloat16>(qb.cview(), kb.cview(), vb.cview(), ob.view,
+                                                  MaskArg{MaskKind::Segments, 0, &long_mask}, {});
     ADD_FAILURE() << "dim 300 did not throw";
   } catch (const ism::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("q.dim = 300"), std::string::npos) << e.what();
   }
+  ism::AttentionOptions capped;
+  capped.softcap = -1.f;
+  Tensor<Eigen::half> q64(4, 1, 64), k64(4, 1, 64), v64(4, 1, 64), o64(4, 1, 64);
+  EXPECT_THROW(ism_cuda_test::call_directly<Eigen::half>(q64.cview(), k64.cview(), v64.cview(), o64.view,
+                                                         MaskArg{MaskKind::Segments, 0, &long_mask}, capped),
+               ism::invalid_argument);
   const ism::SegmentMask short_mask = ism::ism_mask({0, 2, 3});
   EXPECT_THROW(ism_cuda_test::call_directly<Eigen::half>(q.cview(), k2.cview(), v2.cview(), out.view,
                                                          MaskArg{MaskKind::Segments, 0, &short_mask}, {}),

@@ -1,15 +1,25 @@
 #pragma once
-// A CPU emulation of the handful of CUDA features the forward kernel uses, so
-// that the kernel's own source (kernel_fwd.cuh, decode.cuh) runs, slowly, on
-// any machine: CI has nvcc but no GPU, and this is where the kernel's index
-// arithmetic, masking, online softmax, split/merge and epilogue actually run.
+// A CPU emulation of the handful of CUDA features the kernels use, so that
+// their own source (kernel_fwd.cuh, decode.cuh, merge.cuh) runs, slowly, on
+// any machine: CI has nvcc but no GPU, and this is where the kernels' index
+// arithmetic, masking, online softmax, split/merge and epilogues actually run.
 //
-// One std::thread per CUDA thread; the blocks of a grid run one after another,
-// so one static array is every block's shared memory. Warp instructions
-// (ldmatrix, mma.sync, shfl) are collectives: each lane posts its operand,
-// the warp meets at a barrier, each lane computes its own result from the
-// PTX ISA's fragment tables, and the warp meets again before the slots are
-// reused. cp.async copies at once (so it cannot show a missing wait).
+// The CUDA runtime itself is emulated too (emulated_runtime.cpp, which the
+// test links instead of libcudart): "device" memory is host memory, streams
+// run at once, and every call is counted (RuntimeCounts), so a test can check
+// what the library's host code asks of the runtime per call.
+//
+// Every CUDA thread of a block is a fiber (ucontext) on the calling OS
+// thread; the blocks of a grid run one after another, so one static array is
+// every block's shared memory. A fiber runs until it meets a barrier
+// (__syncthreads, __syncwarp, or a warp collective) and then yields; the
+// scheduler resumes the fibers round-robin, so a barrier opens once all its
+// threads have arrived. Warp instructions (ldmatrix, mma.sync, shfl) are
+// collectives: each lane posts its operand, the warp meets at a barrier, each
+// lane computes its own result from the PTX ISA's fragment tables, and the
+// warp meets again before the slots are reused. cp.async copies at once (so
+// it cannot show a missing wait). One OS thread and no lock: a test of a few
+// thousand thread blocks takes seconds and loads one core.
 // Include this before any ism/cuda header.
 #define ISM_CUDA_HOST_EMULATION 1
 #define __launch_bounds__(...)
@@ -17,23 +27,77 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <ucontext.h>
 
 #include <array>
-#include <barrier>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <thread>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
-inline thread_local uint3 threadIdx, blockIdx;
-inline thread_local dim3 blockDim, gridDim;
+// The emulated thread's coordinates: the scheduler sets them before it
+// resumes a fiber.
+inline uint3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
 
 namespace ism_emu {
 
+// Calls into the emulated CUDA runtime, by kind.
+struct RuntimeCounts {
+  std::atomic<long> allocations{0};     // cudaMalloc, cudaMallocAsync
+  std::atomic<long> frees{0};           // cudaFree, cudaFreeAsync
+  std::atomic<long> copies{0};          // cudaMemcpy(Async), cudaMemsetAsync
+  std::atomic<long> bytes_copied{0};
+  std::atomic<long> syncs{0};           // anything that waits for the device
+  std::atomic<long> pointer_queries{0};  // cudaPointerGetAttributes
+  std::atomic<long> device_queries{0};   // cudaGetDevice, cudaDeviceGetAttribute
+  std::atomic<long> func_attributes{0};  // cudaFuncSetAttribute
+  std::atomic<long> launches{0};
+  std::atomic<long> error_polls{0};  // cudaGetLastError (returns at once)
+};
+RuntimeCounts& counts();
+inline void count_launch() { ++counts().launches; }
+// True for memory from the emulated cudaMalloc / cudaMallocAsync.
+bool is_device_memory(const void* p);
+
+// The fibers of the block being run.
+struct Scheduler {
+  ucontext_t main{};
+  std::vector<ucontext_t> fibers;
+  std::vector<char> done;
+  std::vector<std::unique_ptr<char[]>> stacks;
+  int current = 0;
+  void (*entry)(void*) = nullptr;
+  void* arg = nullptr;
+};
+inline Scheduler* scheduler = nullptr;
+
+// Back to the scheduler; it resumes this fiber on its next round.
+inline void yield() { swapcontext(&scheduler->fibers[size_t(scheduler->current)], &scheduler->main); }
+
+// The last of `expected` threads to arrive opens it; the others yield until
+// then. Atomic only so that the loop re-reads the generation after a yield.
+struct Barrier {
+  int expected;
+  int arrived = 0;
+  std::atomic<unsigned> generation{0};
+  explicit Barrier(int n) : expected(n) {}
+  void arrive_and_wait() {
+    const unsigned g = generation.load(std::memory_order_relaxed);
+    if (++arrived == expected) {
+      arrived = 0;
+      generation.store(g + 1, std::memory_order_relaxed);
+      return;
+    }
+    while (generation.load(std::memory_order_relaxed) == g) yield();
+  }
+};
+
 struct Warp {
-  std::barrier<> meet{32};
+  Barrier meet{32};
   std::array<const void*, 32> address{};
   std::array<std::array<unsigned, 4>, 32> a{};
   std::array<std::array<unsigned, 2>, 32> b{};
@@ -41,45 +105,69 @@ struct Warp {
 };
 
 struct Block {
-  std::barrier<> meet;
+  Barrier meet;
   std::vector<std::unique_ptr<Warp>> warps;
   explicit Block(int threads) : meet(threads) {
     for (int w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<Warp>());
   }
 };
 
-inline thread_local Block* block = nullptr;
-inline thread_local int lane = 0, warp = 0;
+inline Block* block = nullptr;
+inline int lane = 0, warp = 0;
 inline Warp& this_warp() { return *block->warps[size_t(warp)]; }
 
-// Runs `kernel()` as every thread of every block of `grid`. One pool of
-// threads plays each block in turn (a barrier between blocks keeps a block's
-// shared memory its own); the warp and block barriers carry over from block
-// to block because the kernel's barriers are uniform: every thread passes the
-// same __syncthreads, every lane of a warp the same collectives.
+inline void fiber_main() {
+  scheduler->entry(scheduler->arg);
+  scheduler->done[size_t(scheduler->current)] = 1;
+}  // returns to uc_link: the scheduler
+
+// A fresh fiber that runs fiber_main on `stack`, then returns to `link`. Out
+// of line: getcontext returns twice, which would put its caller's loop
+// variables at risk (and gcc says so).
+[[gnu::noinline]] inline void start_fiber(ucontext_t& f, char* stack, size_t size, ucontext_t* link) {
+  getcontext(&f);
+  f.uc_stack.ss_sp = stack;
+  f.uc_stack.ss_size = size;
+  f.uc_link = link;
+  makecontext(&f, fiber_main, 0);
+}
+
+// Runs `kernel()` as every thread of every block of `grid`.
 template <class Kernel>
 void run_grid(dim3 grid, int threads, Kernel kernel) {
-  Block b(threads);
-  std::barrier<> next_block(threads);
-  std::vector<std::thread> pool;
-  pool.reserve(size_t(threads));
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      threadIdx = {unsigned(t), 0, 0};
-      blockDim = dim3(unsigned(threads));
-      gridDim = grid;
-      block = &b;
-      lane = t % 32;
-      warp = t / 32;
-      for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-          for (unsigned x = 0; x < grid.x; ++x) {
-            blockIdx = {x, y, z};
-            kernel();
-            next_block.arrive_and_wait();
+  constexpr size_t kStack = 256 * 1024;
+  Scheduler s;
+  s.fibers.resize(size_t(threads));
+  s.done.resize(size_t(threads));
+  for (int t = 0; t < threads; ++t) s.stacks.emplace_back(new char[kStack]);
+  s.entry = [](void* k) { (*static_cast<Kernel*>(k))(); };
+  s.arg = &kernel;
+  Scheduler* outer = scheduler;
+  scheduler = &s;
+  blockDim = dim3(unsigned(threads));
+  gridDim = grid;
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        Block b(threads);
+        block = &b;
+        blockIdx = {x, y, z};
+        for (int t = 0; t < threads; ++t) {
+          start_fiber(s.fibers[size_t(t)], s.stacks[size_t(t)].get(), kStack, &s.main);
+          s.done[size_t(t)] = 0;
+        }
+        for (int left = threads; left > 0;)
+          for (int t = 0; t < threads; ++t) {
+            if (s.done[size_t(t)]) continue;
+            s.current = t;
+            threadIdx = {unsigned(t), 0, 0};
+            lane = t % 32;
+            warp = t / 32;
+            swapcontext(&s.main, &s.fibers[size_t(t)]);
+            if (s.done[size_t(t)]) --left;
           }
-    });
-  for (auto& th : pool) th.join();
+      }
+  scheduler = outer;
 }
 
 // One 16-bit element as float, in the kernel's element type.
@@ -175,39 +263,18 @@ alignas(16) inline unsigned char smem_raw[256 * 1024];
 
 }  // namespace ism::cuda::detail
 
-#include "ism/cuda/decode.cuh"
-#include "ism/cuda/kernel_fwd.cuh"
-#include "ism/cuda/kernel_traits.cuh"
-
 namespace ism_emu {
 
-// ism::cuda::attention's launch, on the emulator: the same parameters, split
-// choice (for a 132-SM GPU unless `kv_splits` says) and kernels.
-template <class T, class Mask>
-void attention(ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v,
-               ism::HeadsView<T> out, const Mask& mask, const ism::AttentionOptions& opt, int kv_splits) {
-  using namespace ism::cuda;
-  const ism::AttentionShape s = ism::check_attention("ism_emu::attention", q, k, v, out, mask, opt);
-  if (s.n_q == 0) return;
-  auto p = detail::make_params(q, k, v, out, s, opt.lse);
-  using E = ism::cuda::device_element_t<T>;
-  detail::dispatch_dim(s.dim, [&](auto traits) {
-    using Traits = decltype(traits);
-    static_assert(Traits::kSmemElems * sizeof(E) <= sizeof(detail::smem_raw));
-    p.splits = detail::plan_splits<Traits>(p, s.q_heads, kv_splits, 132);
-    const ism::index_t rows = ism::index_t(p.splits) * s.q_heads * s.n_q;
-    std::vector<float> part(p.splits > 1 ? size_t(rows * (p.dim_pad + 1)) : 0);
-    p.part_out = part.data();
-    p.part_lse = part.data() + rows * p.dim_pad;
-    const dim3 grid(unsigned((s.n_q + Traits::kBlockM - 1) / Traits::kBlockM), unsigned(s.q_heads),
-                    unsigned(p.splits));
-    run_grid(grid, Traits::kThreads, [&] { detail::attention_fwd_kernel<Traits, E, Mask>(p, mask); });
-    if (p.splits > 1)
-      run_grid(dim3(unsigned(s.n_q), unsigned(s.q_heads)), 128, [&] {
-        detail::merge_splits_kernel<E>(p.part_out, p.part_lse, p.out, p.out_token_stride, p.out_head_stride, p.lse,
-                                       p.n_q, p.dim, p.dim_pad, p.splits);
-      });
-  });
+// ism::cuda's launches land here (launch.cuh calls it under
+// ISM_CUDA_HOST_EMULATION): the kernel runs on the emulator at once, as if
+// its stream were already idle.
+template <class P>
+void launch(void (*kernel)(P), dim3 grid, int threads, size_t smem, cudaStream_t, const P& params) {
+  if (smem > sizeof(ism::cuda::detail::smem_raw)) throw std::runtime_error("emulated launch: shared memory too large");
+  count_launch();
+  run_grid(grid, threads, [&] { kernel(params); });
 }
 
 }  // namespace ism_emu
+
+#include "ism/cuda.hpp"

@@ -1,13 +1,13 @@
 #pragma once
-// The seam between the GPU tests (plain C++) and the CUDA kernel (runner.cu,
+// The seam between the GPU tests (plain C++) and ism::cuda (runner*.cu,
 // nvcc): host tensors in, host results out, every device step checked.
 #include <string>
+#include <vector>
 
+#include "cuda/case_data.hpp"
 #include "cuda/mask_arg.hpp"
 #include "ism/core/options.hpp"
 #include "ism/core/views.hpp"
-#include "ism/mask/segment_mask.hpp"
-#include "ism/mask/simple_masks.hpp"
 
 namespace ism_cuda_test {
 
@@ -15,16 +15,22 @@ namespace ism_cuda_test {
 std::string gpu_unavailable_reason();
 
 // Copies each host view's whole buffer span to the device (same strides),
-// runs ism::cuda::attention on a fresh stream, and copies out's span and the
-// LSE (options.lse, a host pointer here, [q.heads][q.tokens]) back. Elements
-// of out's span outside the view go up and come back, so a test sees any
-// stray write. kv_splits: LaunchOptions::kv_splits.
+// options' lse, sinks and slopes, the mask (a DeviceMask for a SegmentMask)
+// and, for LaunchArg::page_size > 0, a paged copy of K/V; runs
+// ism::cuda::attention on a fresh stream with a workspace of its own; copies
+// out's span and the LSE back. Elements of out's span outside the view go up
+// and come back, so a test sees any stray write.
 template <class T>
 void run_on_gpu(ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v,
-                ism::HeadsView<T> out, const MaskArg& mask, const ism::AttentionOptions& options, int kv_splits);
+                ism::HeadsView<T> out, const MaskArg& mask, const ism::AttentionOptions& options, const LaunchArg& la);
 
-// Calls ism::cuda::attention on these pointers as given (host pointers, for
-// the argument checks that must throw before anything reaches the device).
+// The same for a batch: every request uploaded, one attention_batch call.
+template <class T>
+void run_batch_on_gpu(const std::vector<BatchView<T>>& items, const ism::AttentionOptions& options, const LaunchArg& la);
+
+// Calls ism::cuda::attention on these pointers as given (host pointers), with
+// LaunchOptions::check_pointers: for the argument checks that must throw
+// before anything reaches the device.
 template <class T>
 void call_directly(ism::HeadsView<const T> q, ism::HeadsView<const T> k, ism::HeadsView<const T> v,
                    ism::HeadsView<T> out, const MaskArg& mask, const ism::AttentionOptions& options);

@@ -1,6 +1,6 @@
 // The tile plan the CUDA kernel runs on, checked on the host against the mask
-// rule itself: which key blocks a query block visits, which run unmasked, how
-// a cache splits across thread blocks, and how splits merge by LSE.
+// rule itself: which key blocks a query block visits, which run unmasked, and
+// how a cache splits across thread blocks (split_merge_test.cpp: the merge).
 #include "ism/cuda/block_plan.hpp"
 
 #include <gtest/gtest.h>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/testing.hpp"
+#include "cuda/mask_arg.hpp"
 
 namespace {
 
@@ -94,6 +95,29 @@ TEST(CudaBlockPlan, SimpleMasksMatchTheRule) {
   }
 }
 
+// Sliding windows (the tests' LocalWindow policy) over causal and ISM masks:
+// the plan visits exactly the key blocks inside the window (issue 14: work
+// outside a window is never done), and blocks wholly inside it run unmasked.
+TEST(CudaBlockPlan, WindowedMasksVisitOnlyTheWindow) {
+  ISM_SEEDED_TEST_BODY(seed);
+  ism_test::Rng rng(seed);
+  for (int iter = 0; iter < 200; ++iter) {
+    const auto layout = ism_test::random_layout(rng, 2, 6, 60, false);
+    const ism::SegmentMask mask = layout.mask();
+    const index_t n = mask.length(), w = rng.uniform(1, n + 5);
+    const index_t n_q = rng.uniform(1, n), q_offset = rng.uniform(0, n - n_q), n_k = rng.uniform(0, n);
+    const index_t block_m = index_t(16) << rng.uniform(0, 3), block_n = index_t(16) << rng.uniform(0, 2);
+    SCOPED_TRACE(::testing::Message() << layout.describe() << " window " << w);
+    const ism_cuda_test::LocalWindow<ism::RowBoundsMask> windowed{mask.bounds(), w};
+    check_plan(windowed, [&](index_t q, index_t k) { return k < n_k && windowed.allowed(q, k); }, n_q, n_k, q_offset,
+               block_m, block_n);
+    const ism_cuda_test::LocalWindow<ism::CausalMask> causal{ism::causal_mask(), w};
+    check_plan(causal, [&](index_t q, index_t k) { return k < n_k && causal.allowed(q, k); }, n_q, n_k, q_offset,
+               block_m, block_n);
+    if (HasFatalFailure() || HasNonfatalFailure()) return;
+  }
+}
+
 // The ragged last key block is never Full: its zero-filled columns past n_k
 // would otherwise enter the softmax as score 0.
 TEST(CudaBlockPlan, RaggedLastBlockIsMasked) {
@@ -147,71 +171,6 @@ TEST(CudaBlockPlan, SplitChoiceFillsTheGpuWithinBounds) {
         EXPECT_LT(blocks, 132);
       }
     }
-}
-
-// The merge the decode path runs, against one softmax over all keys: split a
-// row's scores at random points, reduce each part to (normalised output, LSE)
-// as a thread block does, merge, compare.
-TEST(CudaBlockPlan, LseMergeEqualsOneSoftmax) {
-  ISM_SEEDED_TEST_BODY(seed);
-  ism_test::Rng rng(seed);
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  for (int iter = 0; iter < 500; ++iter) {
-    const index_t n = rng.uniform(1, 200);
-    const int splits = int(rng.uniform(1, 12));
-    std::vector<double> score(static_cast<size_t>(n)), value(static_cast<size_t>(n));
-    for (index_t j = 0; j < n; ++j) {
-      score[size_t(j)] = rng.real(-30, 30);
-      value[size_t(j)] = rng.real(-1, 1);
-    }
-    double m = -1e300, sum = 0, acc = 0;
-    for (double s : score) m = std::max(m, s);
-    for (index_t j = 0; j < n; ++j) {
-      sum += std::exp(score[size_t(j)] - m);
-      acc += std::exp(score[size_t(j)] - m) * value[size_t(j)];
-    }
-    const double want_lse = m + std::log(sum), want_out = acc / sum;
-
-    std::vector<float> lse(static_cast<size_t>(splits)), out(static_cast<size_t>(splits));
-    for (int s = 0; s < splits; ++s) {
-      const auto r = ism::cuda::split_share(n, splits, s);
-      if (r.begin == r.end) {  // a split that sees no key
-        lse[size_t(s)] = neg_inf;
-        out[size_t(s)] = 0.f;
-        continue;
-      }
-      double ms = -1e300, ss = 0, as = 0;
-      for (index_t j = r.begin; j < r.end; ++j) ms = std::max(ms, score[size_t(j)]);
-      for (index_t j = r.begin; j < r.end; ++j) {
-        ss += std::exp(score[size_t(j)] - ms);
-        as += std::exp(score[size_t(j)] - ms) * value[size_t(j)];
-      }
-      lse[size_t(s)] = float(ms + std::log(ss));
-      out[size_t(s)] = float(as / ss);
-    }
-    const float all = ism::cuda::merged_lse(lse.data(), splits, 1);
-    double got = 0, weights = 0;
-    for (int s = 0; s < splits; ++s) {
-      const float w = ism::cuda::split_weight(lse[size_t(s)], all);
-      weights += w;
-      got += double(w) * out[size_t(s)];
-    }
-    ASSERT_NEAR(all, want_lse, 1e-5 * (1 + std::abs(want_lse))) << "n " << n << " splits " << splits;
-    ASSERT_NEAR(weights, 1.0, 1e-5);
-    ASSERT_NEAR(got, want_out, 1e-5);
-  }
-}
-
-TEST(CudaBlockPlan, LseMergeOfRowsThatSeeNothing) {
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  const float lse[3] = {neg_inf, neg_inf, neg_inf};
-  const float all = ism::cuda::merged_lse(lse, 3, 1);
-  EXPECT_EQ(all, neg_inf);
-  EXPECT_EQ(ism::cuda::split_weight(neg_inf, all), 0.f);
-  const float one[3] = {neg_inf, 2.5f, neg_inf};
-  EXPECT_FLOAT_EQ(ism::cuda::merged_lse(one, 3, 1), 2.5f);
-  EXPECT_FLOAT_EQ(ism::cuda::split_weight(2.5f, 2.5f), 1.f);
-  EXPECT_EQ(ism::cuda::split_weight(neg_inf, 2.5f), 0.f);
 }
 
 }  // namespace

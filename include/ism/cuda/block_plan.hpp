@@ -1,13 +1,10 @@
 #pragma once
 // The tile plan of the CUDA kernel, in plain C++ so the host can test it: which
 // key blocks a block of query rows visits, which of them are Full (run with no
-// mask code), how a long cache is split across thread blocks, and how the
-// splits' partial results merge by log-sum-exp.
+// mask code), and how a long cache is split across thread blocks.
 //
 // Unlike the .cuh headers beside it, this file needs no CUDA: every function is
 // ISM_HOST_DEVICE, so the kernel and the host tests run the very same code.
-#include <math.h>
-
 #include "ism/core/config.hpp"
 #include "ism/mask/segment.hpp"
 #include "ism/mask/tile_kind.hpp"
@@ -74,25 +71,7 @@ inline int choose_kv_splits(index_t launch_blocks, index_t key_blocks, int sm_co
   return want < 1 ? 1 : int(want);
 }
 
-// Merging split results by log-sum-exp. Split s computed o_s = softmax-weighted
-// average over its keys and lse_s = log(sum of its exp-scores); the whole row is
-// o = sum_s w_s o_s with w_s = exp(lse_s - lse), lse = log(sum_s exp(lse_s)).
-// Splits that saw no key have lse_s = -inf and weight 0; a row no split saw
-// keeps lse = -inf and o = 0 (not NaN: the max is never subtracted from itself
-// when it is -inf).
-ISM_HOST_DEVICE float neg_infinity() { return -HUGE_VALF; }
-
-ISM_HOST_DEVICE float merged_lse(const float* lse, int splits, index_t stride) {
-  float m = neg_infinity();
-  for (int s = 0; s < splits; ++s) m = fmaxf(m, lse[s * stride]);
-  if (m == neg_infinity()) return m;
-  float sum = 0.f;
-  for (int s = 0; s < splits; ++s) sum += expf(lse[s * stride] - m);
-  return m + logf(sum);
-}
-
-ISM_HOST_DEVICE float split_weight(float lse_s, float lse_all) {
-  return lse_all == neg_infinity() ? 0.f : expf(lse_s - lse_all);
-}
+// The splits' partial results merge by the rule of ism/core/split_merge.hpp,
+// which the CPU key chunks follow too.
 
 }  // namespace ism::cuda
