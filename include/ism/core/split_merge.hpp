@@ -18,6 +18,12 @@
 //
 // Plain C++ (ISM_HOST_DEVICE): nvcc compiles it for the device, g++ and
 // clang++ for the host, with no CUDA header.
+//
+// Every function takes a Tag type that nothing reads. The CPU kernel passes
+// a type of its per-instruction-set namespace, so an -mavx2 and an -mavx512f
+// translation unit of one program get different instantiations, not one
+// inline function the linker picks from either (cpu/convert.hpp says why
+// that matters); everyone else uses the default.
 #include <math.h>
 
 #include "ism/core/config.hpp"
@@ -25,31 +31,35 @@
 namespace ism {
 
 // A chunk that saw at least one key, or a NaN score.
+template <class Tag = void>
 ISM_HOST_DEVICE bool chunk_kept(float l) { return l != 0.f; }
 
 // M: the largest m of the kept chunks `count` apart by `stride` (-inf when no
 // chunk is kept). fmaxf skips a NaN m; its chunk's NaN l still poisons L.
+template <class Tag = void>
 ISM_HOST_DEVICE float merge_max(const float* m, const float* l, index_t count, index_t stride) {
   float mx = -HUGE_VALF;
   for (index_t c = 0; c < count; ++c)
-    if (chunk_kept(l[c * stride])) mx = fmaxf(mx, m[c * stride]);
+    if (chunk_kept<Tag>(l[c * stride])) mx = fmaxf(mx, m[c * stride]);
   return mx;
 }
 
 // w_c = 2^(m_c - M) for a kept chunk, 0 for a dropped one. When every kept
 // chunk has m = -inf (all its scores were NaN) M is -inf too and w is NaN,
 // which is the row's answer.
+template <class Tag = void>
 ISM_HOST_DEVICE float merge_weight(float m_c, float l_c, float mx) {
-  return chunk_kept(l_c) ? exp2f(m_c - mx) : 0.f;
+  return chunk_kept<Tag>(l_c) ? exp2f(m_c - mx) : 0.f;
 }
 
 // One coordinate of O: sum of w_c o_c over kept chunks. Dropped chunks are
 // skipped, not multiplied by 0: their o may be anything (never written).
+template <class Tag = void>
 ISM_HOST_DEVICE float merge_value(const float* w, const float* l, index_t l_stride, const float* o,
                                   index_t o_stride, index_t count) {
   float acc = 0.f;
   for (index_t c = 0; c < count; ++c)
-    if (chunk_kept(l[c * l_stride])) acc += w[c] * o[c * o_stride];
+    if (chunk_kept<Tag>(l[c * l_stride])) acc += w[c] * o[c * o_stride];
   return acc;
 }
 
@@ -64,6 +74,7 @@ struct FinishedRow {
 //   out = O / (l + 2^(sink - m)),  lse = ln(2^m l + 2^sink).
 // l == 0: the row saw no key: out 0 and LSE = the sink (-inf without one),
 // never 0/0. A NaN l is not "no key": the row is NaN.
+template <class Tag = void>
 ISM_HOST_DEVICE FinishedRow finish_row(float m, float l, float sink2) {
   const float ln2 = 0.6931471805599453f, inf = HUGE_VALF;
   if (sink2 == -inf) return {l == 0.f ? 0.f : 1.f / l, l == 0.f ? -inf : (m + log2f(l)) * ln2};
@@ -78,15 +89,16 @@ ISM_HOST_DEVICE FinishedRow finish_row(float m, float l, float sink2) {
 // The whole merge for one row: fills w[c] (merge_weight) and returns the
 // finished row, whose inv already divides by the merged denominator:
 // out[d] = inv * merge_value(w, l, l_stride, o + d, o_stride, count).
+template <class Tag = void>
 ISM_HOST_DEVICE FinishedRow merge_chunks_row(const float* m, const float* l, index_t count, index_t stride,
                                             float sink2, float* w) {
-  const float mx = merge_max(m, l, count, stride);
+  const float mx = merge_max<Tag>(m, l, count, stride);
   float sum = 0.f;
   for (index_t c = 0; c < count; ++c) {
-    w[c] = merge_weight(m[c * stride], l[c * stride], mx);
-    if (chunk_kept(l[c * stride])) sum += w[c] * l[c * stride];
+    w[c] = merge_weight<Tag>(m[c * stride], l[c * stride], mx);
+    if (chunk_kept<Tag>(l[c * stride])) sum += w[c] * l[c * stride];
   }
-  return finish_row(mx, sum, sink2);
+  return finish_row<Tag>(mx, sum, sink2);
 }
 
 }  // namespace ism

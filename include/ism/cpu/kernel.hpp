@@ -26,6 +26,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "ism/core/split_merge.hpp"
 #include "ism/cpu/convert.hpp"
 #include "ism/cpu/problem.hpp"
 #include "ism/cpu/tile_ops.hpp"
@@ -94,25 +95,10 @@ inline void load_row(const T* src, float* dst, index_t dim, index_t dp) {
   for (; d < dp; ++d) dst[d] = 0.f;
 }
 
-// A row's finished output and LSE from its running state (max m in log2
-// units, sum l, unnormalised output o[dim]), with the head's sink (log2 units,
-// -inf when none) joining the denominator:
-//   out = o / (l + 2^(sink - m)),  lse = ln(2^m l + 2^sink).
-// l == 0 means the row saw no key: output 0 and LSE the sink (-inf without
-// one), never 0/0. A NaN l (a NaN score) is not "no key": it makes the row NaN.
-struct RowTotal {
-  float inv;  // 1 / denominator (0 for a row that saw nothing and has no sink)
-  float lse;  // natural log
-};
-inline RowTotal row_total(float m, float l, float sink2) {
-  constexpr float ln2 = 0.6931471805599453f, inf = std::numeric_limits<float>::infinity();
-  if (sink2 == -inf) return {l == 0.f ? 0.f : 1.f / l, l == 0.f ? -inf : (m + std::log2(l)) * ln2};
-  if (l == 0.f) return {0.f, sink2 * ln2};
-  // Both present: factor out the larger exponent so nothing overflows.
-  const float top = std::max(m, sink2);
-  const float den = l * std::exp2(m - top) + std::exp2(sink2 - top);
-  return {std::exp2(m - top) / den, (top + std::log2(den)) * ln2};
-}
+// Finishing a row (and merging split keys, merge.hpp) follows the one rule
+// every backend shares (core/split_merge.hpp), instantiated for this
+// instruction set through this tag.
+struct SplitMergeTag {};
 
 // Query rows [r0, r0 + n) of the rows array that form one query tile
 // (n <= tile_q). The planner cuts tiles at fixed positions of each head, so a
@@ -231,7 +217,7 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
       const TileRow<T>& row = rows[qt.r0 + i];
       const float sink2 =
           mods.sinks ? mods.sinks[row.head] * log2e : -std::numeric_limits<float>::infinity();
-      const RowTotal tot = row_total(qt.b.m[i], qt.b.l[i], sink2);
+      const FinishedRow tot = finish_row<SplitMergeTag>(qt.b.m[i], qt.b.l[i], sink2);
       const typename S::V vinv = S::set1(tot.inv);
       const float* o = qt.b.o + i * dp;
       T* out = row.out;
