@@ -1,0 +1,318 @@
+#pragma once
+// The fused CPU backward pass of masked attention: dQ, dK, dV from Q, K, V,
+// the forward's output O and LSE, and dO. Flash-style: each (query tile, key
+// tile) step recomputes its scores and P = exp(S - lse) from the LSE, so
+// nothing of size n_q x n_k is ever stored. Three phases, each a flat set of
+// tasks run through the pool (or the caller's parallel-for):
+//
+//   pack     K and V of every KV head to fp32 [key][padded dim], once;
+//   chunks   the plan's tasks (backward_plan.hpp): a chunk of one KV head's
+//            query tiles, every step of each tile against the key tiles its
+//            rows see: Empty tiles are never visited, Full tiles run
+//            backward_tile<S, false> (no mask code), the rest apply the rows'
+//            bounds. dQ of a tile is complete after its key loop and written
+//            out; dK/dV add into the chunk's own fp32 slot;
+//   reduce   dK, dV of each KV head's key tile: its chunks' slots summed in
+//            chunk order, converted to the element type.
+//
+// Memory beyond O(tile) per thread: the packed K/V and the accumulator slots,
+// O(n_k x dim x KV heads) each, never O(n_q x n_k).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <new>
+#include <type_traits>
+
+#include "ism/core/options.hpp"
+#include "ism/core/shape.hpp"
+#include "ism/core/views.hpp"
+#include "ism/cpu/backward_plan.hpp"
+#include "ism/cpu/backward_tile.hpp"
+#include "ism/cpu/convert.hpp"
+#include "ism/cpu/problem.hpp"
+#include "ism/cpu/threads.hpp"
+#include "ism/cpu/workspace.hpp"
+#include "ism/mask/query_bounds.hpp"
+
+// Test hook: the test build defines this to count every visited (query head,
+// query tile, key tile) step; in a shipped build it is nothing at all.
+#ifndef ISM_CPU_ON_BACKWARD_TILE_VISIT
+#define ISM_CPU_ON_BACKWARD_TILE_VISIT() ((void)0)
+#endif
+
+namespace ism::cpu {
+inline namespace ISM_SIMD_NAMESPACE {
+
+// One checked backward problem: inputs q, k, v, out, dout (element type T),
+// lse [q_heads][n_q] (natural log, as the forward returned it), outputs dq,
+// dk, dv, and the rows' key bounds.
+template <class T>
+struct BackwardProblem {
+  HeadsView<const T> q, k, v, out, dout;
+  const float* lse;
+  HeadsView<T> dq, dk, dv;
+  AttentionShape shape;
+  QueryBounds bounds;
+};
+
+// Per-thread scratch of the chunk tasks: one query tile's buffers
+// (BackwardBuffers) and its rows' absolute key bounds. O(tile), reused.
+class BackwardWorkspace {
+ public:
+  BackwardBuffers& reserve(index_t dp) {
+    if (dp > capacity_dp_) {
+      capacity_dp_ = dp;
+      buffer_ = aligned_floats(floats(dp));
+    }
+    float* p = buffer_.get();
+    BackwardBuffers& b = buffers_;
+    b = BackwardBuffers{};
+    b.dp = dp;
+    for (float** x : {&b.qt, &b.dot, &b.qr, &b.dor, &b.dq}) {
+      *x = p;
+      p += tile_q * dp;
+    }
+    for (float** x : {&b.st, &b.dst}) {
+      *x = p;
+      p += tile_k * tile_q;
+    }
+    for (float** x : {&b.lse2, &b.dd, &b.lo, &b.hi, &b.slope, &b.rel}) {
+      *x = p;
+      p += tile_q;
+    }
+    b.rlo = rows_;
+    b.rhi = rows_ + tile_k;
+    return b;
+  }
+  index_t* row_lo() { return bounds_; }
+  index_t* row_hi() { return bounds_ + tile_q; }
+
+ private:
+  // Multiples of 16 floats, so every buffer starts 64-byte aligned.
+  static index_t floats(index_t dp) { return 5 * tile_q * dp + 2 * tile_k * tile_q + 6 * tile_q; }
+  index_t capacity_dp_ = 0;
+  AlignedBuffer buffer_;
+  BackwardBuffers buffers_;
+  index_t rows_[2 * tile_k] = {};
+  index_t bounds_[2 * tile_q] = {};
+};
+
+inline BackwardWorkspace& thread_backward_workspace() {
+  static thread_local BackwardWorkspace ws;
+  return ws;
+}
+
+// The per-call buffers shared by the phases: packed K and V, and the chunks'
+// dK/dV accumulator slots, [slot][KV head][key row][dp] each.
+struct BackwardScratch {
+  index_t dp = 0, rows = 0, kv_heads = 0;
+  AlignedBuffer keys, slots;
+  BackwardScratch(const BackwardPlan& plan, index_t dp_)
+      : dp(dp_), rows(plan.key_rows()), kv_heads(plan.shape().kv_heads) {
+    const index_t per = rows * dp;
+    keys = aligned_floats(std::max<index_t>(1, 2 * kv_heads * per));
+    slots = aligned_floats(std::max<index_t>(1, 2 * plan.chunks_per_head() * kv_heads * per));
+  }
+  float* k(index_t g) const { return keys.get() + (2 * g) * rows * dp; }
+  float* v(index_t g) const { return keys.get() + (2 * g + 1) * rows * dp; }
+  float* dk(index_t slot, index_t g) const { return slots.get() + (2 * (slot * kv_heads + g)) * rows * dp; }
+  float* dv(index_t slot, index_t g) const { return slots.get() + (2 * (slot * kv_heads + g) + 1) * rows * dp; }
+};
+
+// dst[0, dp) = src[0, dim) * mul widened to fp32, zero-padded.
+template <class S, class T>
+inline void widen_row(const T* src, float* dst, index_t dim, index_t dp, float mul = 1.f) {
+  constexpr index_t W = S::width;
+  const typename S::V m = S::set1(mul);
+  index_t d = 0;
+  for (; d + W <= dim; d += W) S::store(dst + d, S::mul(S::load(src + d), m));
+  for (; d < dim; ++d) dst[d] = widen(src[d]) * mul;
+  for (; d < dp; ++d) dst[d] = 0.f;
+}
+
+// dst[0, dim) = src[0, dim) * mul, narrowed to T.
+template <class S, class T>
+inline void narrow_row(const float* src, T* dst, index_t dim, float mul) {
+  constexpr index_t W = S::width;
+  const typename S::V m = S::set1(mul);
+  index_t d = 0;
+  for (; d + W <= dim; d += W) S::store(dst + d, S::mul(S::load(src + d), m));
+  for (; d < dim; ++d) dst[d] = narrow<T>(src[d] * mul);
+}
+
+// Phase 1: key tile c of KV head g, packed (rows past n_k zero).
+template <class S, class T>
+void backward_pack_keys(const BackwardProblem<T>& pr, const BackwardScratch& sc, index_t g, index_t c) {
+  const index_t dim = pr.shape.dim, dp = sc.dp;
+  for (index_t j = c * tile_k; j < (c + 1) * tile_k; ++j) {
+    float* kr = sc.k(g) + j * dp;
+    float* vr = sc.v(g) + j * dp;
+    if (j < pr.shape.n_k) {
+      widen_row<S>(pr.k.row(j, g), kr, dim, dp);
+      widen_row<S>(pr.v.row(j, g), vr, dim, dp);
+    } else {
+      std::fill(kr, kr + dp, 0.f);
+      std::fill(vr, vr + dp, 0.f);
+    }
+  }
+}
+
+// Phase 2: one chunk of the plan.
+template <class S, class T>
+void backward_chunk(const BackwardProblem<T>& pr, const BackwardPlan& plan, const BackwardScratch& sc,
+                    const ScoreMods& mods, const BackwardChunk& ch) {
+  constexpr index_t W = S::width;
+  constexpr float log2e = 1.4426950408889634f, inf = std::numeric_limits<float>::infinity();
+  const AttentionShape& s = pr.shape;
+  const index_t dim = s.dim, dp = sc.dp, g = ch.kv;
+  float* const dk = sc.dk(ch.chunk, g);
+  float* const dv = sc.dv(ch.chunk, g);
+  std::fill(dk + ch.key_begin * tile_k * dp, dk + ch.key_end * tile_k * dp, 0.f);
+  std::fill(dv + ch.key_begin * tile_k * dp, dv + ch.key_end * tile_k * dp, 0.f);
+
+  BackwardWorkspace& ws = thread_backward_workspace();
+  BackwardBuffers& b = ws.reserve(dp);
+  index_t* const lo = ws.row_lo();
+  index_t* const hi = ws.row_hi();
+  // Scores in the forward's units: log2 (Q pre-scaled by scale * log2(e)), or
+  // divided by the cap with a softcap, whose pass makes them cap * log2(e) *
+  // tanh(score / cap).
+  const float qscale = mods.softcap != 0.f ? s.scale / mods.softcap : s.scale * log2e;
+  b.softcap2 = mods.softcap * log2e;
+  b.alibi = mods.alibi_slopes != nullptr;
+
+  for (index_t p = ch.begin; p < ch.end; ++p) {
+    const index_t t = p / s.group, h = g * s.group + p % s.group;
+    const index_t r0 = t * tile_q, n = std::min(s.n_q, r0 + tile_q) - r0, nv = (n + W - 1) / W;
+    // Pack the query tile: Q^T (score units), Q * scale, dO^T, dO, LSE in
+    // log2 units and D = dO . O per row. A row that sees nothing is all
+    // zeros with P forced to 0 (LSE +inf), so its inputs, whatever they hold,
+    // reach no gradient, and its dQ is 0.
+    KeyRange all{0, s.n_k};
+    for (index_t i = 0; i < n; ++i) {
+      const index_t row = r0 + i;
+      const KeyRange k = pr.bounds.keys(s.q_offset + row);
+      lo[i] = k.begin;
+      hi[i] = k.end;
+      all = {std::max(all.begin, k.begin), std::min(all.end, k.end)};
+      float* qr = b.qr + i * dp;
+      float* dor = b.dor + i * dp;
+      const float l = pr.lse[h * s.n_q + row];
+      if (k.end <= k.begin) {
+        std::fill(qr, qr + dp, 0.f);
+        std::fill(dor, dor + dp, 0.f);
+        for (index_t d = 0; d < dp; ++d) b.qt[d * tile_q + i] = 0.f;
+        b.lse2[i] = inf;
+        b.dd[i] = 0.f;
+      } else {
+        // Q^T as the forward scales it, so the scores and P are the forward's.
+        const T* q = pr.q.row(row, h);
+        for (index_t d = 0; d < dim; ++d) b.qt[d * tile_q + i] = widen(q[d]) * qscale;
+        for (index_t d = dim; d < dp; ++d) b.qt[d * tile_q + i] = 0.f;
+        widen_row<S>(q, qr, dim, dp, s.scale);
+        widen_row<S>(pr.dout.row(row, h), dor, dim, dp);
+        const T* o = pr.out.row(row, h);
+        float d_sum = 0.f;
+        for (index_t d = 0; d < dim; ++d) d_sum += dor[d] * widen(o[d]);
+        b.dd[i] = d_sum;
+        // -inf: the forward saw no key for this row (all scores -inf); P is 0.
+        b.lse2[i] = l == -inf ? inf : l * log2e;
+      }
+      for (index_t d = 0; d < dp; ++d) b.dot[d * tile_q + i] = dor[d];
+    }
+    for (index_t i = n; i < nv * W; ++i) {
+      for (index_t d = 0; d < dp; ++d) b.qt[d * tile_q + i] = b.dot[d * tile_q + i] = 0.f;
+      b.lse2[i] = inf;
+      b.dd[i] = 0.f;
+    }
+    for (index_t i = 0; i < nv * W; ++i) b.slope[i] = mods.alibi_slopes && i < n ? mods.alibi_slopes[h] * log2e : 0.f;
+    std::fill(b.dq, b.dq + n * dp, 0.f);
+
+    for (index_t c = plan.first_key_tile(t); c < plan.end_key_tile(t); ++c) {
+      ISM_CPU_ON_BACKWARD_TILE_VISIT();
+      const index_t k0 = c * tile_k, k1 = std::min(s.n_k, k0 + tile_k), nk = k1 - k0;
+      const BackwardKeys keys{sc.k(g) + k0 * dp, sc.v(g) + k0 * dp, dk + k0 * dp, dv + k0 * dp};
+      if (b.alibi)
+        for (index_t i = 0; i < nv * W; ++i)
+          b.rel[i] = i < n ? static_cast<float>(s.q_offset + r0 + i - k0) : 0.f;  // exact below 2^24
+      if (all.begin <= k0 && k1 <= all.end) {
+        backward_tile<S, false>(b, keys, n, nk);
+        continue;
+      }
+      // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact in
+      // float; padding lanes see nothing. Then the rows that see each key.
+      for (index_t i = 0; i < nv * W; ++i) {
+        const index_t a = i < n ? lo[i] - k0 : 0, e = i < n ? hi[i] - k0 : 0;
+        b.lo[i] = static_cast<float>(std::clamp<index_t>(a, -1, tile_k + 1));
+        b.hi[i] = static_cast<float>(std::clamp<index_t>(e, -1, tile_k + 1));
+      }
+      for (index_t j = 0; j < nk; ++j) {
+        b.rlo[j] = n;
+        b.rhi[j] = 0;
+      }
+      for (index_t i = 0; i < n; ++i)
+        for (index_t j = std::max<index_t>(lo[i] - k0, 0); j < std::min<index_t>(hi[i] - k0, nk); ++j) {
+          b.rlo[j] = std::min(b.rlo[j], i);
+          b.rhi[j] = std::max(b.rhi[j], i + 1);
+        }
+      for (index_t j = 0; j < nk; ++j)
+        if (b.rhi[j] <= b.rlo[j]) b.rlo[j] = b.rhi[j] = 0;
+      backward_tile<S, true>(b, keys, n, nk);
+    }
+    for (index_t i = 0; i < n; ++i) narrow_row<S>(b.dq + i * dp, pr.dq.row(r0 + i, h), dim, s.scale);
+  }
+}
+
+// Phase 3: key tile c of KV head g: dK and dV as the chunks' slots summed in
+// chunk order (slots that never saw the tile add nothing; keys nobody sees
+// get 0).
+template <class S, class T>
+void backward_reduce(const BackwardProblem<T>& pr, const BackwardPlan& plan, const BackwardScratch& sc, index_t g,
+                     index_t c, float* sum) {
+  constexpr index_t W = S::width;
+  const index_t dim = pr.shape.dim, dp = sc.dp;
+  const index_t per = plan.chunks_per_head();
+  const BackwardChunk* chunks = plan.chunks().data() + g * per;
+  const index_t k1 = std::min(pr.shape.n_k, (c + 1) * tile_k);
+  for (int which = 0; which < 2; ++which) {
+    HeadsView<T> out = which == 0 ? pr.dk : pr.dv;
+    for (index_t j = c * tile_k; j < k1; ++j) {
+      std::fill(sum, sum + dp, 0.f);
+      for (index_t x = 0; x < per; ++x) {
+        if (c < chunks[x].key_begin || c >= chunks[x].key_end) continue;
+        const float* a = (which == 0 ? sc.dk(x, g) : sc.dv(x, g)) + j * dp;
+        for (index_t d = 0; d < dp; d += W) S::store(sum + d, S::add(S::load(sum + d), S::load(a + d)));
+      }
+      narrow_row<S>(sum, out.row(j, g), dim, 1.f);
+    }
+  }
+}
+
+// The whole backward pass of one checked problem.
+template <class T>
+void run_backward(const BackwardProblem<T>& pr, const ScoreMods& mods, const HostExecution& exec) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, Eigen::bfloat16> || std::is_same_v<T, Eigen::half>,
+                "the CPU backward stores float, Eigen::bfloat16 or Eigen::half");
+  using S = simd::Native;
+  constexpr index_t W = S::width;
+  const AttentionShape& s = pr.shape;
+  if (s.n_q == 0 && s.n_k == 0) return;
+  const index_t dp = (s.dim + W - 1) / W * W;
+  const BackwardPlan plan(s, pr.bounds);
+  const BackwardScratch sc(plan, dp);
+  const index_t key_tiles = plan.key_tiles();
+  parallel_for(exec, s.kv_heads * key_tiles,
+               [&](index_t i) { backward_pack_keys<S>(pr, sc, i / key_tiles, i % key_tiles); });
+  if (s.n_q > 0)
+    parallel_for(exec, static_cast<index_t>(plan.order().size()), [&](index_t i) {
+      backward_chunk<S>(pr, plan, sc, mods, plan.chunks()[size_t(plan.order()[size_t(i)])]);
+    });
+  parallel_for(exec, s.kv_heads * key_tiles, [&](index_t i) {
+    BackwardWorkspace& ws = thread_backward_workspace();
+    backward_reduce<S>(pr, plan, sc, i / key_tiles, i % key_tiles, ws.reserve(dp).dq);
+  });
+}
+
+}  // inline namespace ISM_SIMD_NAMESPACE
+}  // namespace ism::cpu
