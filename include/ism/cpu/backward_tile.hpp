@@ -19,11 +19,11 @@
 // Every operand is therefore packed twice where two products need it in two
 // layouts: Q^T and Q, dO^T and dO.
 //
-// NaN safety: a masked (row, key) pair's P and dS are selected to exactly 0
-// (never multiplied), and the products that multiply them with K (into dQ) or
-// with Q and dO (into dK and dV) run each row / key over the pairs it sees
-// only, because 0 * NaN is NaN: a NaN key that a row cannot see must not reach
-// that row's dQ, and rows that see nothing must not reach any dK or dV.
+// NaN safety: on Partial tiles the products that read P and dS (dV, dK, dQ)
+// run each key / row over the pairs it sees only, never a masked pair: its
+// dS is NaN when the key's V holds NaN, and even a 0 there would reach dQ as
+// 0 * K = NaN for a NaN key. So a NaN key that a row cannot see reaches none
+// of that row's gradients, and rows that see nothing reach no dK or dV.
 #include <algorithm>
 #include <limits>
 #include <type_traits>
@@ -148,9 +148,8 @@ inline void softmax_grad(const BackwardBuffers& b, index_t nv, index_t nk) {
       const V p = S::exp2(S::sub(s, l2));
       V ds = S::mul(p, S::sub(S::load(pd), d));
       if constexpr (Cap) ds = S::mul(ds, S::fma(S::sub(zero, t), t, one));
-      // P of a masked pair is exactly 0 already; dS is selected, since dP of
-      // a masked key may be NaN and 0 * NaN is NaN.
-      if constexpr (Partial) ds = S::keep_in_range(ds, jv, lo, hi, zero);
+      // A masked pair's P is exactly 0 and its dS may be NaN (dP of a NaN
+      // key): the accumulating products never read either (see the top).
       S::store(ps, p);
       S::store(pd, ds);
     }
