@@ -56,46 +56,64 @@ struct BackwardProblem {
   QueryBounds bounds;
 };
 
-// Per-thread scratch of the chunk tasks: one query tile's buffers
-// (BackwardBuffers) and its rows' absolute key bounds. O(tile), reused.
+// Query tiles a chunk steps together through each key tile: every key tile
+// (K, V and the dK/dV accumulators, 4 * tile_k * dp floats) is then read from
+// L3 once per group instead of once per query tile. The group's buffers
+// (5 * tile_q * dp floats a tile) stay within about half of a 1 MiB L2.
+inline constexpr index_t max_group_tiles = 4;
+inline index_t group_tiles(index_t dp) {
+  const index_t per_tile = 5 * tile_q * dp * index_t(sizeof(float));
+  return std::clamp<index_t>((index_t(400) << 10) / per_tile, 1, max_group_tiles);
+}
+
+// Per-thread scratch of the chunk tasks: the buffers (BackwardBuffers) of up
+// to max_group_tiles query tiles, which share one S / dS pair, and their rows'
+// absolute key bounds. O(tile), reused.
 class BackwardWorkspace {
  public:
-  BackwardBuffers& reserve(index_t dp) {
+  // Buffers of tiles [0, tiles) at padded dim dp.
+  BackwardBuffers* reserve(index_t dp, index_t tiles) {
     if (dp > capacity_dp_) {
       capacity_dp_ = dp;
-      buffer_ = aligned_floats(floats(dp));
+      buffer_ = aligned_floats(max_group_tiles * per_tile(dp) + 2 * tile_k * tile_q);
     }
     float* p = buffer_.get();
-    BackwardBuffers& b = buffers_;
-    b = BackwardBuffers{};
-    b.dp = dp;
-    for (float** x : {&b.qt, &b.dot, &b.qr, &b.dor, &b.dq}) {
-      *x = p;
-      p += tile_q * dp;
+    float* const st = p;
+    float* const dst = p + tile_k * tile_q;
+    p += 2 * tile_k * tile_q;
+    for (index_t i = 0; i < tiles; ++i) {
+      BackwardBuffers& b = buffers_[i];
+      b = BackwardBuffers{};
+      b.dp = dp;
+      for (float** x : {&b.qt, &b.dot, &b.qr, &b.dor, &b.dq}) {
+        *x = p;
+        p += tile_q * dp;
+      }
+      for (float** x : {&b.lse2, &b.dd, &b.lo, &b.hi, &b.slope, &b.rel}) {
+        *x = p;
+        p += tile_q;
+      }
+      b.st = st;
+      b.dst = dst;
+      b.rlo = rows_;
+      b.rhi = rows_ + tile_k;
     }
-    for (float** x : {&b.st, &b.dst}) {
-      *x = p;
-      p += tile_k * tile_q;
-    }
-    for (float** x : {&b.lse2, &b.dd, &b.lo, &b.hi, &b.slope, &b.rel}) {
-      *x = p;
-      p += tile_q;
-    }
-    b.rlo = rows_;
-    b.rhi = rows_ + tile_k;
-    return b;
+    return buffers_;
   }
-  index_t* row_lo() { return bounds_; }
-  index_t* row_hi() { return bounds_ + tile_q; }
+  index_t* row_lo(index_t tile) { return bounds_ + 2 * tile * tile_q; }
+  index_t* row_hi(index_t tile) { return bounds_ + (2 * tile + 1) * tile_q; }
+  // Room for the next group's Q, dO and O rows (prefetched during this one).
+  const void** prefetch_rows() { return prefetch_; }
 
  private:
   // Multiples of 16 floats, so every buffer starts 64-byte aligned.
-  static index_t floats(index_t dp) { return 5 * tile_q * dp + 2 * tile_k * tile_q + 6 * tile_q; }
+  static index_t per_tile(index_t dp) { return 5 * tile_q * dp + 6 * tile_q; }
   index_t capacity_dp_ = 0;
   AlignedBuffer buffer_;
-  BackwardBuffers buffers_;
+  BackwardBuffers buffers_[max_group_tiles];
   index_t rows_[2 * tile_k] = {};
-  index_t bounds_[2 * tile_q] = {};
+  index_t bounds_[2 * max_group_tiles * tile_q] = {};
+  const void* prefetch_[3 * max_group_tiles * tile_q] = {};
 };
 
 inline BackwardWorkspace& thread_backward_workspace() {
@@ -158,12 +176,92 @@ void backward_pack_keys(const BackwardProblem<T>& pr, const BackwardScratch& sc,
   }
 }
 
-// Phase 2: one chunk of the plan.
+// dst[d][i] = src[i][d] * mul for rows i < n, 0 for lanes [n, lanes): a
+// [rows][dp] copy turned into the [dp][tile_q] layout of the dot products, in
+// blocks of 16 dims so the 16 destination rows being written stay in L1.
+inline void transpose_rows(const float* src, float* dst, index_t n, index_t lanes, index_t dp, float mul) {
+  for (index_t d0 = 0; d0 < dp; d0 += 16) {
+    const index_t d1 = std::min(dp, d0 + 16);
+    for (index_t i = 0; i < n; ++i)
+      for (index_t d = d0; d < d1; ++d) dst[d * tile_q + i] = src[i * dp + d] * mul;
+    for (index_t d = d0; d < d1; ++d)
+      for (index_t i = n; i < lanes; ++i) dst[d * tile_q + i] = 0.f;
+  }
+}
+
+// Packs query tile t of query head h into b: Q (row-major, unscaled: dK and
+// dQ take the scale when written), Q^T in score units, dO, dO^T, the LSE in
+// log2 units and D = dO . O per row, the rows' absolute key bounds into lo /
+// hi. A row that sees nothing is all zeros with P forced to 0 (LSE +inf), so
+// its inputs, whatever they hold, reach no gradient, and its dQ is 0.
+// Returns the keys every row sees.
+template <class S, class T>
+KeyRange pack_query_tile(const BackwardProblem<T>& pr, const ScoreMods& mods, BackwardBuffers& b, index_t t,
+                         index_t h, index_t* lo, index_t* hi) {
+  constexpr index_t W = S::width;
+  constexpr float log2e = 1.4426950408889634f, inf = std::numeric_limits<float>::infinity();
+  const AttentionShape& s = pr.shape;
+  const index_t dim = s.dim, dp = b.dp;
+  const index_t r0 = t * tile_q, n = std::min(s.n_q, r0 + tile_q) - r0, nv = (n + W - 1) / W;
+  KeyRange all{0, s.n_k};
+  for (index_t i = 0; i < n; ++i) {
+    const index_t row = r0 + i;
+    const KeyRange k = pr.bounds.keys(s.q_offset + row);
+    lo[i] = k.begin;
+    hi[i] = k.end;
+    all = {std::max(all.begin, k.begin), std::min(all.end, k.end)};
+    float* qr = b.qr + i * dp;
+    float* dor = b.dor + i * dp;
+    if (k.end <= k.begin) {
+      std::fill(qr, qr + dp, 0.f);
+      std::fill(dor, dor + dp, 0.f);
+      b.lse2[i] = inf;
+      b.dd[i] = 0.f;
+      continue;
+    }
+    widen_row<S>(pr.q.row(row, h), qr, dim, dp);
+    widen_row<S>(pr.dout.row(row, h), dor, dim, dp);
+    // D = dO . O, lane-wise then across the lanes in order (stored: GCC 12
+    // warns inside its own _mm512_reduce_add_ps, bug 105593).
+    const T* o = pr.out.row(row, h);
+    typename S::V acc = S::zero();
+    index_t d = 0;
+    for (; d + W <= dim; d += W) acc = S::fma(S::load(dor + d), S::load(o + d), acc);
+    alignas(64) float lanes[W];
+    S::store(lanes, acc);
+    float d_sum = 0.f;
+    for (index_t l = 0; l < W; ++l) d_sum += lanes[l];
+    for (; d < dim; ++d) d_sum += dor[d] * widen(o[d]);
+    b.dd[i] = d_sum;
+    // -inf: the forward saw no key for this row (all scores -inf); P is 0.
+    const float l = pr.lse[h * s.n_q + row];
+    b.lse2[i] = l == -inf ? inf : l * log2e;
+  }
+  for (index_t i = n; i < nv * W; ++i) {
+    b.lse2[i] = inf;
+    b.dd[i] = 0.f;
+  }
+  // Scores in the forward's units (the same product widen(q) * qscale): log2
+  // (scale * log2(e)), or divided by the cap with a softcap, whose pass makes
+  // them cap * log2(e) * tanh(score / cap).
+  const float qscale = mods.softcap != 0.f ? s.scale / mods.softcap : s.scale * log2e;
+  transpose_rows(b.qr, b.qt, n, nv * W, dp, qscale);
+  transpose_rows(b.dor, b.dot, n, nv * W, dp, 1.f);
+  for (index_t i = 0; i < nv * W; ++i) b.slope[i] = mods.alibi_slopes && i < n ? mods.alibi_slopes[h] * log2e : 0.f;
+  b.softcap2 = mods.softcap * log2e;
+  b.alibi = mods.alibi_slopes != nullptr;
+  std::fill(b.dq, b.dq + n * dp, 0.f);
+  return all;
+}
+
+// Phase 2: one chunk of the plan, its query tiles in groups of
+// group_tiles(dp), each group stepping through the union of its tiles' key
+// tiles. A key tile's dK/dV thus receive the group's tiles in list order, and
+// a query tile's dQ its key tiles in key order: a fixed order for a plan.
 template <class S, class T>
 void backward_chunk(const BackwardProblem<T>& pr, const BackwardPlan& plan, const BackwardScratch& sc,
                     const ScoreMods& mods, const BackwardChunk& ch) {
   constexpr index_t W = S::width;
-  constexpr float log2e = 1.4426950408889634f, inf = std::numeric_limits<float>::infinity();
   const AttentionShape& s = pr.shape;
   const index_t dim = s.dim, dp = sc.dp, g = ch.kv;
   float* const dk = sc.dk(ch.chunk, g);
@@ -172,101 +270,97 @@ void backward_chunk(const BackwardProblem<T>& pr, const BackwardPlan& plan, cons
   std::fill(dv + ch.key_begin * tile_k * dp, dv + ch.key_end * tile_k * dp, 0.f);
 
   BackwardWorkspace& ws = thread_backward_workspace();
-  BackwardBuffers& b = ws.reserve(dp);
-  index_t* const lo = ws.row_lo();
-  index_t* const hi = ws.row_hi();
-  // Scores in the forward's units: log2 (Q pre-scaled by scale * log2(e)), or
-  // divided by the cap with a softcap, whose pass makes them cap * log2(e) *
-  // tanh(score / cap).
-  const float qscale = mods.softcap != 0.f ? s.scale / mods.softcap : s.scale * log2e;
-  b.softcap2 = mods.softcap * log2e;
-  b.alibi = mods.alibi_slopes != nullptr;
-
-  for (index_t p = ch.begin; p < ch.end; ++p) {
-    const index_t t = p / s.group, h = g * s.group + p % s.group;
-    const index_t r0 = t * tile_q, n = std::min(s.n_q, r0 + tile_q) - r0, nv = (n + W - 1) / W;
-    // Pack the query tile: Q^T (score units), Q * scale, dO^T, dO, LSE in
-    // log2 units and D = dO . O per row. A row that sees nothing is all
-    // zeros with P forced to 0 (LSE +inf), so its inputs, whatever they hold,
-    // reach no gradient, and its dQ is 0.
-    KeyRange all{0, s.n_k};
-    for (index_t i = 0; i < n; ++i) {
-      const index_t row = r0 + i;
-      const KeyRange k = pr.bounds.keys(s.q_offset + row);
-      lo[i] = k.begin;
-      hi[i] = k.end;
-      all = {std::max(all.begin, k.begin), std::min(all.end, k.end)};
-      float* qr = b.qr + i * dp;
-      float* dor = b.dor + i * dp;
-      const float l = pr.lse[h * s.n_q + row];
-      if (k.end <= k.begin) {
-        std::fill(qr, qr + dp, 0.f);
-        std::fill(dor, dor + dp, 0.f);
-        for (index_t d = 0; d < dp; ++d) b.qt[d * tile_q + i] = 0.f;
-        b.lse2[i] = inf;
-        b.dd[i] = 0.f;
-      } else {
-        // Q^T as the forward scales it, so the scores and P are the forward's.
-        const T* q = pr.q.row(row, h);
-        for (index_t d = 0; d < dim; ++d) b.qt[d * tile_q + i] = widen(q[d]) * qscale;
-        for (index_t d = dim; d < dp; ++d) b.qt[d * tile_q + i] = 0.f;
-        widen_row<S>(q, qr, dim, dp, s.scale);
-        widen_row<S>(pr.dout.row(row, h), dor, dim, dp);
-        const T* o = pr.out.row(row, h);
-        float d_sum = 0.f;
-        for (index_t d = 0; d < dim; ++d) d_sum += dor[d] * widen(o[d]);
-        b.dd[i] = d_sum;
-        // -inf: the forward saw no key for this row (all scores -inf); P is 0.
-        b.lse2[i] = l == -inf ? inf : l * log2e;
+  const index_t group = group_tiles(dp);
+  BackwardBuffers* const bufs = ws.reserve(dp, group);
+  struct Member {
+    index_t t, h, r0, n, nv, c0, c1;
+    KeyRange all;
+  };
+  Member members[max_group_tiles];
+  // The caller's Q, dO and O rows are typically 4 KB apart (token-major),
+  // which the hardware prefetcher follows poorly: the next group's rows are
+  // software-prefetched a few at a time during this group's steps.
+  const void** const ahead = ws.prefetch_rows();
+  const index_t row_bytes = dim * index_t(sizeof(T));
+  for (index_t p0 = ch.begin; p0 < ch.end; p0 += group) {
+    const index_t count = std::min(group, ch.end - p0);
+    index_t c_first = plan.key_tiles(), c_last = 0;
+    for (index_t m = 0; m < count; ++m) {
+      Member& mb = members[m];
+      mb.t = (p0 + m) / s.group;
+      mb.h = g * s.group + (p0 + m) % s.group;
+      mb.r0 = mb.t * tile_q;
+      mb.n = std::min(s.n_q, mb.r0 + tile_q) - mb.r0;
+      mb.nv = (mb.n + W - 1) / W;
+      mb.c0 = plan.first_key_tile(mb.t);
+      mb.c1 = plan.end_key_tile(mb.t);
+      mb.all = pack_query_tile<S>(pr, mods, bufs[m], mb.t, mb.h, ws.row_lo(m), ws.row_hi(m));
+      if (mb.c1 > mb.c0) {
+        c_first = std::min(c_first, mb.c0);
+        c_last = std::max(c_last, mb.c1);
       }
-      for (index_t d = 0; d < dp; ++d) b.dot[d * tile_q + i] = dor[d];
     }
-    for (index_t i = n; i < nv * W; ++i) {
-      for (index_t d = 0; d < dp; ++d) b.qt[d * tile_q + i] = b.dot[d * tile_q + i] = 0.f;
-      b.lse2[i] = inf;
-      b.dd[i] = 0.f;
+    index_t n_ahead = 0, steps = 0, step = 0, given = 0;
+    for (index_t p = p0 + count; p < std::min(ch.end, p0 + count + group); ++p) {
+      const index_t t = p / s.group, h = g * s.group + p % s.group;
+      for (index_t r = t * tile_q; r < std::min(s.n_q, (t + 1) * tile_q); ++r) {
+        ahead[n_ahead++] = pr.q.row(r, h);
+        ahead[n_ahead++] = pr.dout.row(r, h);
+        ahead[n_ahead++] = pr.out.row(r, h);
+      }
     }
-    for (index_t i = 0; i < nv * W; ++i) b.slope[i] = mods.alibi_slopes && i < n ? mods.alibi_slopes[h] * log2e : 0.f;
-    std::fill(b.dq, b.dq + n * dp, 0.f);
-
-    for (index_t c = plan.first_key_tile(t); c < plan.end_key_tile(t); ++c) {
-      ISM_CPU_ON_BACKWARD_TILE_VISIT();
+    for (index_t m = 0; m < count; ++m) steps += members[m].c1 - members[m].c0;
+    for (index_t c = c_first; c < c_last; ++c) {
       const index_t k0 = c * tile_k, k1 = std::min(s.n_k, k0 + tile_k), nk = k1 - k0;
       const BackwardKeys keys{sc.k(g) + k0 * dp, sc.v(g) + k0 * dp, dk + k0 * dp, dv + k0 * dp};
-      if (b.alibi)
-        for (index_t i = 0; i < nv * W; ++i)
-          b.rel[i] = i < n ? static_cast<float>(s.q_offset + r0 + i - k0) : 0.f;  // exact below 2^24
-      if (all.begin <= k0 && k1 <= all.end) {
-        backward_tile<S, false>(b, keys, n, nk);
-        continue;
-      }
-      // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact in
-      // float; padding lanes see nothing. Then the rows that see each key.
-      for (index_t i = 0; i < nv * W; ++i) {
-        const index_t a = i < n ? lo[i] - k0 : 0, e = i < n ? hi[i] - k0 : 0;
-        b.lo[i] = static_cast<float>(std::clamp<index_t>(a, -1, tile_k + 1));
-        b.hi[i] = static_cast<float>(std::clamp<index_t>(e, -1, tile_k + 1));
-      }
-      for (index_t j = 0; j < nk; ++j) {
-        b.rlo[j] = n;
-        b.rhi[j] = 0;
-      }
-      for (index_t i = 0; i < n; ++i)
-        for (index_t j = std::max<index_t>(lo[i] - k0, 0); j < std::min<index_t>(hi[i] - k0, nk); ++j) {
-          b.rlo[j] = std::min(b.rlo[j], i);
-          b.rhi[j] = std::max(b.rhi[j], i + 1);
+      for (index_t m = 0; m < count; ++m) {
+        const Member& mb = members[m];
+        if (c < mb.c0 || c >= mb.c1) continue;
+        ISM_CPU_ON_BACKWARD_TILE_VISIT();
+        for (const index_t upto = n_ahead * ++step / steps; given < upto; ++given)
+          for (index_t off = 0; off < row_bytes; off += 64)
+            __builtin_prefetch(static_cast<const char*>(ahead[given]) + off, 0, 2);
+        BackwardBuffers& b = bufs[m];
+        const index_t n = mb.n, nv = mb.nv;
+        if (b.alibi)
+          for (index_t i = 0; i < nv * W; ++i)
+            b.rel[i] = i < n ? static_cast<float>(s.q_offset + mb.r0 + i - k0) : 0.f;  // exact below 2^24
+        if (mb.all.begin <= k0 && k1 <= mb.all.end) {
+          backward_tile<S, false>(b, keys, n, nk);
+          continue;
         }
-      for (index_t j = 0; j < nk; ++j)
-        if (b.rhi[j] <= b.rlo[j]) b.rlo[j] = b.rhi[j] = 0;
-      backward_tile<S, true>(b, keys, n, nk);
+        // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact
+        // in float; padding lanes see nothing. Then the rows that see each key.
+        const index_t* lo = ws.row_lo(m);
+        const index_t* hi = ws.row_hi(m);
+        for (index_t i = 0; i < nv * W; ++i) {
+          const index_t a = i < n ? lo[i] - k0 : 0, e = i < n ? hi[i] - k0 : 0;
+          b.lo[i] = static_cast<float>(std::clamp<index_t>(a, -1, tile_k + 1));
+          b.hi[i] = static_cast<float>(std::clamp<index_t>(e, -1, tile_k + 1));
+        }
+        for (index_t j = 0; j < nk; ++j) {
+          b.rlo[j] = n;
+          b.rhi[j] = 0;
+        }
+        for (index_t i = 0; i < n; ++i)
+          for (index_t j = std::max<index_t>(lo[i] - k0, 0); j < std::min<index_t>(hi[i] - k0, nk); ++j) {
+            b.rlo[j] = std::min(b.rlo[j], i);
+            b.rhi[j] = std::max(b.rhi[j], i + 1);
+          }
+        for (index_t j = 0; j < nk; ++j)
+          if (b.rhi[j] <= b.rlo[j]) b.rlo[j] = b.rhi[j] = 0;
+        backward_tile<S, true>(b, keys, n, nk);
+      }
     }
-    for (index_t i = 0; i < n; ++i) narrow_row<S>(b.dq + i * dp, pr.dq.row(r0 + i, h), dim, s.scale);
+    for (index_t m = 0; m < count; ++m)
+      for (index_t i = 0; i < members[m].n; ++i)
+        narrow_row<S>(bufs[m].dq + i * dp, pr.dq.row(members[m].r0 + i, members[m].h), dim, s.scale);
   }
 }
 
 // Phase 3: key tile c of KV head g: dK and dV as the chunks' slots summed in
 // chunk order (slots that never saw the tile add nothing; keys nobody sees
-// get 0).
+// get 0), dK times the scale (its slots hold dS^T Q).
 template <class S, class T>
 void backward_reduce(const BackwardProblem<T>& pr, const BackwardPlan& plan, const BackwardScratch& sc, index_t g,
                      index_t c, float* sum) {
@@ -284,7 +378,7 @@ void backward_reduce(const BackwardProblem<T>& pr, const BackwardPlan& plan, con
         const float* a = (which == 0 ? sc.dk(x, g) : sc.dv(x, g)) + j * dp;
         for (index_t d = 0; d < dp; d += W) S::store(sum + d, S::add(S::load(sum + d), S::load(a + d)));
       }
-      narrow_row<S>(sum, out.row(j, g), dim, 1.f);
+      narrow_row<S>(sum, out.row(j, g), dim, which == 0 ? pr.shape.scale : 1.f);
     }
   }
 }
@@ -310,7 +404,7 @@ void run_backward(const BackwardProblem<T>& pr, const ScoreMods& mods, const Hos
     });
   parallel_for(exec, s.kv_heads * key_tiles, [&](index_t i) {
     BackwardWorkspace& ws = thread_backward_workspace();
-    backward_reduce<S>(pr, plan, sc, i / key_tiles, i % key_tiles, ws.reserve(dp).dq);
+    backward_reduce<S>(pr, plan, sc, i / key_tiles, i % key_tiles, ws.reserve(dp, 1)->dq);
   });
 }
 

@@ -9,7 +9,8 @@
 //   S^T  = K Q^T          st[key][row]     (log2 units, as the forward)
 //   dP^T = V dO^T         dst[key][row]
 //   dS   = P (dP - D)     D = rowsum(dO * O), times 1 - tanh^2 under a softcap
-//   dV  += P^T dO         dK += dS^T (scale Q)        dQ += dS K
+//   dV  += P^T dO         dK += dS^T Q          dQ += dS K  (dK, dQ: times
+//   the scale when written out)
 // Five products of the tile's size, 2.5x the forward's two.
 //
 // Layout: query rows live in vector lanes (as in the forward's tile_ops.hpp),
@@ -41,7 +42,7 @@ inline namespace ISM_SIMD_NAMESPACE {
 //   qt  [dp][tile_q]   Q^T, pre-scaled into score units (scale*log2e, or
 //                      scale/softcap with a softcap)
 //   dot [dp][tile_q]   dO^T
-//   qr  [tile_q][dp]   Q * scale, row-major (for dK)
+//   qr  [tile_q][dp]   Q, row-major (for dK, which takes the scale later)
 //   dor [tile_q][dp]   dO, row-major (for dV)
 //   dq  [tile_q][dp]   dQ accumulator (dS K, scaled when written out)
 //   lse2, dd [tile_q]  LSE in log2 units (+inf where P must be 0) and D
@@ -69,6 +70,23 @@ struct BackwardKeys {
 };
 
 namespace bwd {
+
+// Register blocks of the five products. Full-vector loads, not broadcasts,
+// limit these loops (Zen 4 measured: 4x4 blocks ran at 75% of the FMA peak,
+// blocks that load one vector per 8 FMAs at 95-100%), so each block reuses a
+// loaded vector across many broadcasts:
+//   dot:  dot_vecs row vectors x dot_keys keys per dim step (loads 1/dot_keys)
+//   acc:  acc_outs outputs x acc_vecs dim vectors per step  (loads 1/acc_outs)
+// 32-register sets (AVX-512, NEON) hold 16 accumulators and their operands;
+// AVX2's 16 registers hold 12. The scalar path keeps the vocabulary's blocks.
+template <class S>
+struct Blocks {
+  static constexpr bool wide_file = S::width == 16 || S::width == 4;  // 32 registers
+  static constexpr int dot_vecs = S::width == 1 ? S::s_vecs : 2;
+  static constexpr int dot_keys = S::width == 1 ? S::s_keys : wide_file ? 8 : 6;
+  static constexpr int acc_outs = S::width == 1 ? S::o_rows : wide_file ? 8 : 6;
+  static constexpr int acc_vecs = S::width == 1 ? S::o_vecs : 2;
+};
 
 // ct[j][iv..] = at[:, iv..]^T . b[j][:] for IB row vectors x JB keys (S^T and
 // dP^T), accumulators in registers across the whole dim.
@@ -158,25 +176,29 @@ inline void softmax_grad(const BackwardBuffers& b, index_t nv, index_t nk) {
 
 }  // namespace bwd
 
-// One key tile (nk real keys; kp/vp rows up to the next multiple of S::s_keys
-// readable and zero) against the packed query tile (nrows real rows). Partial
+// One key tile (nk real keys) against the packed query tile (nrows real rows). Partial
 // applies b.lo/b.hi (and b.rlo/b.rhi, the rows that see each key).
 template <class S, bool Partial>
 inline void backward_tile(const BackwardBuffers& b, const BackwardKeys& kt, index_t nrows, index_t nk) {
   constexpr int W = S::width;
   const index_t dp = b.dp;
+  using B = bwd::Blocks<S>;
   const index_t nv = (nrows + W - 1) / W;
-  const index_t nk_pad = (nk + S::s_keys - 1) / S::s_keys * S::s_keys;
 
-  // 1. S^T = K Q^T and dP^T = V dO^T.
-  for (index_t j0 = 0; j0 < nk_pad; j0 += S::s_keys)
-    for (index_t iv0 = 0; iv0 < nv; iv0 += S::s_vecs) {
-      const int ib = static_cast<int>(std::min<index_t>(nv - iv0, S::s_vecs));
-      with_block<S::s_vecs>(ib, [&](auto IB) {
-        bwd::dot_block<S, decltype(IB)::value, S::s_keys>(b.qt + iv0 * W, kt.kp + j0 * dp, b.st + j0 * tile_q + iv0 * W, dp);
-        bwd::dot_block<S, decltype(IB)::value, S::s_keys>(b.dot + iv0 * W, kt.vp + j0 * dp, b.dst + j0 * tile_q + iv0 * W, dp);
-      });
-    }
+  // 1. S^T = K Q^T and dP^T = V dO^T (keys past nk: zero rows of kp / vp).
+  for (index_t j0 = 0; j0 < nk; j0 += B::dot_keys) {
+    const int jb = static_cast<int>(std::min<index_t>(nk - j0, B::dot_keys));
+    with_block<B::dot_keys>(jb, [&](auto JB) {
+      for (index_t iv0 = 0; iv0 < nv; iv0 += B::dot_vecs) {
+        const int ib = static_cast<int>(std::min<index_t>(nv - iv0, B::dot_vecs));
+        with_block<B::dot_vecs>(ib, [&](auto IB) {
+          constexpr int I = decltype(IB)::value, J = decltype(JB)::value;
+          bwd::dot_block<S, I, J>(b.qt + iv0 * W, kt.kp + j0 * dp, b.st + j0 * tile_q + iv0 * W, dp);
+          bwd::dot_block<S, I, J>(b.dot + iv0 * W, kt.vp + j0 * dp, b.dst + j0 * tile_q + iv0 * W, dp);
+        });
+      }
+    });
+  }
 
   // 2. P and dS, lane-wise.
   const bool cap = b.softcap2 != 0.f;
@@ -190,10 +212,10 @@ inline void backward_tile(const BackwardBuffers& b, const BackwardKeys& kt, inde
   auto acc_rows = [&](auto MXc, auto MYc, float* out, const float* m, const float* r, int n, index_t y0, index_t y1) {
     if (y1 <= y0) return;
     constexpr index_t MX = decltype(MXc)::value, MY = decltype(MYc)::value;
-    with_block<S::o_rows>(n, [&](auto XB) {
-      for (index_t v0 = 0; v0 < dvecs; v0 += S::o_vecs) {
-        const int ov = static_cast<int>(std::min<index_t>(dvecs - v0, S::o_vecs));
-        with_block<S::o_vecs>(ov, [&](auto OV) {
+    with_block<B::acc_outs>(n, [&](auto XB) {
+      for (index_t v0 = 0; v0 < dvecs; v0 += B::acc_vecs) {
+        const int ov = static_cast<int>(std::min<index_t>(dvecs - v0, B::acc_vecs));
+        with_block<B::acc_vecs>(ov, [&](auto OV) {
           bwd::acc_block<S, decltype(XB)::value, decltype(OV)::value, MX, MY>(out + v0 * W, m, r + v0 * W, y0, y1, dp);
         });
       }
@@ -202,11 +224,11 @@ inline void backward_tile(const BackwardBuffers& b, const BackwardKeys& kt, inde
   using KeyMajor = std::integral_constant<index_t, tile_q>;
   using Unit = std::integral_constant<index_t, 1>;
 
-  // 3. dV += P^T dO and dK += dS^T (scale Q), a block of keys at a time over
+  // 3. dV += P^T dO and dK += dS^T Q, a block of keys at a time over
   // the rows. Partial: the rows every key of the block sees as one block, each
   // key's ragged edges alone.
-  for (index_t j0 = 0; j0 < nk; j0 += S::o_rows) {
-    const int n = static_cast<int>(std::min<index_t>(nk - j0, S::o_rows));
+  for (index_t j0 = 0; j0 < nk; j0 += B::acc_outs) {
+    const int n = static_cast<int>(std::min<index_t>(nk - j0, B::acc_outs));
     if constexpr (!Partial) {
       acc_rows(KeyMajor{}, Unit{}, kt.dv + j0 * dp, b.st + j0 * tile_q, b.dor, n, 0, nrows);
       acc_rows(KeyMajor{}, Unit{}, kt.dk + j0 * dp, b.dst + j0 * tile_q, b.qr, n, 0, nrows);
@@ -234,12 +256,12 @@ inline void backward_tile(const BackwardBuffers& b, const BackwardKeys& kt, inde
 
   // 4. dQ += dS K, a block of rows at a time over the keys; Partial as above
   // with the rows' own key bounds.
-  for (index_t i0 = 0; i0 < nrows; i0 += S::o_rows) {
-    const int n = static_cast<int>(std::min<index_t>(nrows - i0, S::o_rows));
+  for (index_t i0 = 0; i0 < nrows; i0 += B::acc_outs) {
+    const int n = static_cast<int>(std::min<index_t>(nrows - i0, B::acc_outs));
     if constexpr (!Partial) {
       acc_rows(Unit{}, KeyMajor{}, b.dq + i0 * dp, b.dst + i0, kt.kp, n, 0, nk);
     } else {
-      index_t lo[S::o_rows], hi[S::o_rows], c0 = 0, c1 = nk;
+      index_t lo[B::acc_outs], hi[B::acc_outs], c0 = 0, c1 = nk;
       for (int x = 0; x < n; ++x) {
         lo[x] = std::clamp<index_t>(static_cast<index_t>(b.lo[i0 + x]), 0, nk);
         hi[x] = std::clamp<index_t>(static_cast<index_t>(b.hi[i0 + x]), 0, nk);
