@@ -46,10 +46,10 @@ def run(cmd, env=None):
     return subprocess.run(cmd, check=True, env=env, stdout=subprocess.PIPE, text=True).stdout
 
 
-def bench_round(args, out, flt):
+def bench_round(args, out, flt, min_time):
     env = dict(os.environ, OPENBLAS_CORETYPE=args.openblas_coretype)
     run([os.path.join(args.build, "bench", "backward_bench"), f"--benchmark_filter={flt}",
-         f"--benchmark_min_time={args.min_time}", f"--benchmark_out={out}",
+         f"--benchmark_min_time={min_time}", f"--benchmark_out={out}",
          "--benchmark_out_format=json"], env)
     with open(out) as f:
         rows = {}
@@ -76,7 +76,7 @@ def acceptance(args, tmp):
     ism_times, flops, sgemm, torch_times = {}, {}, {}, {}
     for rnd in range(args.rounds):
         print(f"== round {rnd + 1} of {args.rounds}", flush=True)
-        rows = bench_round(args, os.path.join(tmp, f"ism{rnd}.json"), "backward/(fwdbwd|sgemm)/")
+        rows = bench_round(args, os.path.join(tmp, f"ism{rnd}.json"), "backward/(fwdbwd|sgemm)/", args.min_time)
         for name, b in rows.items():
             secs = b["real_time"] * {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[b["time_unit"]]
             if name.startswith("backward/sgemm/"):
@@ -126,7 +126,8 @@ def acceptance(args, tmp):
 
 
 def dialogue(args, tmp):
-    rows = bench_round(args, os.path.join(tmp, "dialogue.json"), f"train/.*/threads:{args.dialogue_threads}")
+    rows = bench_round(args, os.path.join(tmp, "dialogue.json"), f"train/.*/threads:{args.dialogue_threads}",
+                       args.dialogue_min_time)
     per = {}
     for name, b in rows.items():
         _, scheme, t, _ = name.split("/")
@@ -163,7 +164,8 @@ def dialogue(args, tmp):
             "unset multiplot\n")
         report.gnuplot(script, data, tmp)
         lines.append(f"\nPlot: bench/plots/train_dialogue.png")
-    lines.append(f"\nOne iteration per case (min time {args.min_time} s), {args.dialogue_threads} thread(s); "
+    lines.append(f"\nMean time per dialogue (--benchmark_min_time={args.dialogue_min_time} s: small T repeat, large T "
+                 f"run once), {args.dialogue_threads} thread(s); "
                  f"load average {os.getloadavg()[0]:.2f} at the end.")
     return "\n".join(lines)
 
@@ -179,6 +181,7 @@ def main():
     p.add_argument("--skip-acceptance", action="store_true")
     p.add_argument("--dialogue", action="store_true", help="part 2: the T-round dialogue table and plot")
     p.add_argument("--dialogue-threads", type=int, default=2)
+    p.add_argument("--dialogue-min-time", default="0.5", help="--benchmark_min_time of the dialogue cases")
     p.add_argument("--no-plot", dest="plot", action="store_false")
     p.add_argument("--out", help="also write the markdown here")
     args = p.parse_args()

@@ -41,5 +41,5 @@ fi
 cmake -S . -B "$root/neon" -G Ninja -DCMAKE_BUILD_TYPE=Release -DISM_WERROR=ON \
   -DCMAKE_TOOLCHAIN_FILE="$root/aarch64.cmake" -DGTest_DIR="$root/gtest/lib/cmake/GTest" \
   -DEigen3_DIR=/usr/share/eigen3/cmake -DISM_BUILD_BENCHMARKS=OFF -DISM_BUILD_EXAMPLES=OFF > /dev/null
-cmake --build "$root/neon" -j "$jobs" --target cpu_kernel_neon
-ctest --test-dir "$root/neon" --output-on-failure -R '^cpu_kernel_neon$'
+cmake --build "$root/neon" -j "$jobs" --target cpu_kernel_neon backward_neon
+ctest --test-dir "$root/neon" --output-on-failure -R '^(cpu_kernel|backward)_neon$'

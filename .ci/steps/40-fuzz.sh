@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzing: builds the libFuzzer targets of tests/fuzz with clang (AddressSanitizer
 # + UndefinedBehaviorSanitizer) and runs each for ISM_FUZZ_SECONDS (default 60),
-# both at once on the 2 cores, starting from the committed corpora. Any crash,
+# all at once on the 2 cores, starting from the committed corpora. Any crash,
 # sanitizer report, property violation, leak, timeout or out-of-memory fails CI;
 # the failing input is printed in hex, to be committed as
 # tests/fuzz/corpus/<target>/regress-<what-it-found> with the fix.
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${ISM_FUZZ_SECONDS:-60}
 b=build-fuzz
-targets=(fuzz_masks fuzz_attention)
+targets=(fuzz_masks fuzz_attention fuzz_backward)
 
 cmake -S . -B $b -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
   -DISM_BUILD_BENCHMARKS=OFF -DISM_BUILD_EXAMPLES=OFF -DISM_FUZZ_LIBFUZZER=ON >/dev/null

@@ -20,8 +20,9 @@ for isa in avx512 avx2 neon scalar; do
   if grep -qx "cpu_kernel_$isa" <<<"$available"; then kernel=cpu_kernel_$isa; break; fi
 done
 [ -n "$kernel" ] || { echo "no cpu_kernel_* test target found"; exit 1; }
-cmake --build $b -j "$(nproc)" --target concurrency_test $kernel
+cmake --build $b -j "$(nproc)" --target concurrency_test $kernel ${kernel/cpu_kernel/backward}
 
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1"
 "$b/tests/reliability/concurrency_test"
 "$b/tests/cpu/$kernel" --gtest_filter='CpuKernel.ThreadCountsAgree:CpuKernel.BatchMatchesPerSequenceReference:CpuKernel.DecodeAgreesWithPrefill'
+"$b/tests/backward/${kernel/cpu_kernel/backward}" --gtest_filter='Backward.ThreadCountsAgreeBitForBit:Backward.LaterRoundsDoNotChangeEarlierGradients'
