@@ -7,11 +7,11 @@
 //
 //   pack     K and V of every KV head to fp32 [key][padded dim], once;
 //   chunks   the plan's tasks (backward_plan.hpp): a chunk of one KV head's
-//            query tiles, every step of each tile against the key tiles its
-//            rows see: Empty tiles are never visited, Full tiles run
-//            backward_tile<S, false> (no mask code), the rest apply the rows'
-//            bounds. dQ of a tile is complete after its key loop and written
-//            out; dK/dV add into the chunk's own fp32 slot;
+//            query tiles, packed a few at a time and stepped together through
+//            the key tiles their rows see: Empty tiles are never visited, Full
+//            tiles run backward_tile<S, false> (no mask code), the rest apply
+//            the rows' bounds. dQ of a tile is complete after its key loop
+//            and written out; dK/dV add into the chunk's own fp32 slot;
 //   reduce   dK, dV of each KV head's key tile: its chunks' slots summed in
 //            chunk order, converted to the element type.
 //
@@ -167,14 +167,13 @@ struct BackwardScratch {
   float* dv(index_t slot, index_t g) const { return slots + (2 * (slot * kv_heads + g) + 1) * rows * dp; }
 };
 
-// dst[0, dp) = src[0, dim) * mul widened to fp32, zero-padded.
+// dst[0, dp) = src[0, dim) widened to fp32, zero-padded.
 template <class S, class T>
-inline void widen_row(const T* src, float* dst, index_t dim, index_t dp, float mul = 1.f) {
+inline void widen_row(const T* src, float* dst, index_t dim, index_t dp) {
   constexpr index_t W = S::width;
-  const typename S::V m = S::set1(mul);
   index_t d = 0;
-  for (; d + W <= dim; d += W) S::store(dst + d, S::mul(S::load(src + d), m));
-  for (; d < dim; ++d) dst[d] = widen(src[d]) * mul;
+  for (; d + W <= dim; d += W) S::store(dst + d, S::load(src + d));
+  for (; d < dim; ++d) dst[d] = widen(src[d]);
   for (; d < dp; ++d) dst[d] = 0.f;
 }
 
@@ -432,6 +431,7 @@ void run_backward(const BackwardProblem<T>& pr, const ScoreMods& mods, const Hos
       backward_chunk<S>(pr, plan, sc, mods, plan.chunks()[size_t(plan.order()[size_t(i)])]);
     });
   parallel_for(exec, s.kv_heads * key_tiles, [&](index_t i) {
+    // A tile's dQ buffer (tile_q * dp floats) holds the dp-float row sum.
     BackwardWorkspace& ws = thread_backward_workspace();
     backward_reduce<S>(pr, plan, sc, i / key_tiles, i % key_tiles, ws.reserve(dp, 1)->dq);
   });

@@ -42,9 +42,9 @@ class BackwardPlan {
   BackwardPlan(const AttentionShape& s, const QueryBounds& bounds) : shape_(s) {
     using ism::detail::ceil_div;
     q_tiles_ = ceil_div(s.n_q, tile_q);
-    // Key tiles each query tile visits: [first, last) from its corner rows'
-    // union, which is exact for monotone bounds (rows that see nothing are
-    // left out of the union).
+    // Key tiles each query tile visits: from the first key any of its rows
+    // sees to the last (rows that see nothing add nothing), the tiles the
+    // block map does not call Empty.
     tile_keys_.resize(static_cast<size_t>(2 * q_tiles_));
     for (index_t t = 0; t < q_tiles_; ++t) {
       const index_t r0 = t * tile_q, r1 = std::min(s.n_q, r0 + tile_q);
