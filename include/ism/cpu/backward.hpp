@@ -340,7 +340,16 @@ void backward_chunk(const BackwardProblem<T>& pr, const BackwardPlan& plan, cons
     for (index_t m = 0; m < count; ++m) steps += members[m].c1 - members[m].c0;
     for (index_t c = c_first; c < c_last; ++c) {
       const index_t k0 = c * tile_k, k1 = std::min(s.n_k, k0 + tile_k), nk = k1 - k0;
-      const BackwardKeys keys{sc.k(g) + k0 * dp, sc.v(g) + k0 * dp, dk + k0 * dp, dv + k0 * dp};
+      BackwardKeys keys{sc.k(g) + k0 * dp, sc.v(g) + k0 * dp, dk + k0 * dp, dv + k0 * dp};
+      // The first step on this key tile prefetches the next one.
+      if (c + 1 < c_last) {
+        const index_t k2 = k0 + tile_k;
+        keys.next_k = sc.k(g) + k2 * dp;
+        keys.next_v = sc.v(g) + k2 * dp;
+        keys.next_dk = dk + k2 * dp;
+        keys.next_dv = dv + k2 * dp;
+        keys.next_bytes = (std::min(s.n_k, k2 + tile_k) - k2) * dp * index_t(sizeof(float));
+      }
       for (index_t m = 0; m < count; ++m) {
         const Member& mb = members[m];
         if (c < mb.c0 || c >= mb.c1) continue;
@@ -353,8 +362,10 @@ void backward_chunk(const BackwardProblem<T>& pr, const BackwardPlan& plan, cons
         if (b.alibi)
           for (index_t i = 0; i < nv * W; ++i)
             b.rel[i] = i < n ? static_cast<float>(s.q_offset + mb.r0 + i - k0) : 0.f;  // exact below 2^24
+        const BackwardKeys step_keys = keys;
+        keys.next_k = nullptr;
         if (mb.all.begin <= k0 && k1 <= mb.all.end) {
-          backward_tile<S, false>(b, keys, n, nk);
+          backward_tile<S, false>(b, step_keys, n, nk);
           continue;
         }
         // Tile-relative bounds, clamped to [-1, tile_k + 1] so they are exact
@@ -377,7 +388,7 @@ void backward_chunk(const BackwardProblem<T>& pr, const BackwardPlan& plan, cons
           }
         for (index_t j = 0; j < nk; ++j)
           if (b.rhi[j] <= b.rlo[j]) b.rlo[j] = b.rhi[j] = 0;
-        backward_tile<S, true>(b, keys, n, nk);
+        backward_tile<S, true>(b, step_keys, n, nk);
       }
     }
     for (index_t m = 0; m < count; ++m)
