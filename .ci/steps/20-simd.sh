@@ -3,9 +3,10 @@
 # scripts/test.sh already built and ran cpu_kernel_{scalar,avx2,avx512} for the
 # x86 paths this machine runs (tests/cpu/CMakeLists.txt); this step
 # cross-compiles the NEON path with Debian's aarch64 toolchain (GoogleTest
-# built for aarch64 from /usr/src/googletest) and runs it under qemu-user.
-# Budget: 15 minutes on 2 cores (about 4 minutes measured: gtest 1 min, the
-# NEON test binary 2 min, its run under qemu 1 min).
+# built for aarch64 from /usr/src/googletest) and runs it under qemu-user:
+# the forward kernel's tests and the backward pass's (tests/backward).
+# Budget: 15 minutes on 2 cores (about 6 minutes measured: gtest 1 min, the
+# two NEON test binaries 3-4 min, their runs under qemu 1 min).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/deps.sh g++-aarch64-linux-gnu qemu-user

@@ -5,7 +5,7 @@
 # sanitizer report, property violation, leak, timeout or out-of-memory fails CI;
 # the failing input is printed in hex, to be committed as
 # tests/fuzz/corpus/<target>/regress-<what-it-found> with the fix.
-# Budget: 3 minutes (about 1.5 to build, 1 to run), shared with 45-tsan.sh (6 in all).
+# Budget: 3 minutes (about 2 to build, 1 to run), shared with 45-tsan.sh (7 in all).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${ISM_FUZZ_SECONDS:-60}

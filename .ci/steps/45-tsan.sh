@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # ThreadSanitizer over the threaded tests: concurrent callers of ism::attention
-# (tests/reliability/concurrency_test) and the CPU kernel's thread-count and
-# batch tests (tests/cpu, built for the best instruction set this machine
-# runs), which drive the library's thread pool and the caller parallel-for.
+# (tests/reliability/concurrency_test), the CPU kernel's thread-count and
+# batch tests (tests/cpu) and the backward pass's thread-count and no-leak
+# tests (tests/backward), built for the best instruction set this machine
+# runs, which drive the library's thread pool and the caller parallel-for.
 # Any data race report fails CI.
-# Budget: 3 minutes (about 2 to build, under 1 to run), shared with 40-fuzz.sh (6 in all).
+# Budget: 4 minutes (about 3 to build, under 1 to run), shared with 40-fuzz.sh (7 in all).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 b=build-tsan

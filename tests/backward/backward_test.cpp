@@ -583,6 +583,11 @@ TEST(Backward, BadInputThrowsAndWritesNothing) {
   expect_invalid([&] { ism::attention_backward<float>(a.q, a.k, a.v, a.out, a.dout, a.lse, a.dq, a.dk, a.dv, seg, a.opt); },
                  {"q_offset", "exceed"});
   untouched();
+  // The spelling of docs/DESIGN.md 2b with the element type deduced from
+  // the gradients (mutable views convert to the const inputs).
+  EXPECT_NO_THROW(ism::attention_backward(p.q.view, p.k.view, p.v.view, p.out.view, p.dout.view, p.lse.data(),
+                                          p.dq.view, p.dk.view, p.dv.view, mask, p.opt));
+  for (auto* g : {&p.dq, &p.dk, &p.dv}) std::fill(g->buf.begin(), g->buf.end(), 7.f);
   // options.lse equal to the lse argument is the forward's options passed on.
   Args same = good;
   same.opt.lse = const_cast<float*>(same.lse);
