@@ -50,11 +50,12 @@ TEST(Backward, SelectedInstructionSet) {
 // capped in work so the fp64 reference stays fast.
 BwdSizes random_sizes(Rng& rng, index_t work_cap) {
   static const index_t ns[] = {1, 2, 63, 64, 65, 97, 130, 200};
-  static const index_t dims[] = {1, 5, 8, 16, 31, 64, 72, 128};
+  // 255: one query tile per key-tile visit (group_tiles), the others 2-4.
+  static const index_t dims[] = {1, 5, 8, 16, 31, 64, 72, 128, 255};
   for (;;) {
     BwdSizes s;
     const index_t n = rng.coin(0.7) ? ns[rng.uniform(0, 7)] : rng.uniform(1, 260);
-    s.dim = dims[rng.uniform(0, 7)];
+    s.dim = dims[rng.uniform(0, 8)];
     s.kv_heads = rng.uniform(1, 2);
     s.heads = s.kv_heads * (index_t(1) << rng.uniform(0, 2));
     s.n_k = n;

@@ -74,9 +74,11 @@ class BackwardWorkspace {
  public:
   // Buffers of tiles [0, tiles) at padded dim dp.
   BackwardBuffers* reserve(index_t dp, index_t tiles) {
-    if (dp > capacity_dp_) {
-      capacity_dp_ = dp;
-      buffer_ = aligned_floats(max_group_tiles * per_tile(dp) + 2 * tile_k * tile_q);
+    const index_t floats = tiles * per_tile(dp) + 2 * tile_k * tile_q;
+    if (floats > capacity_) {
+      buffer_.reset();
+      buffer_ = aligned_floats(floats);
+      capacity_ = floats;
     }
     float* p = buffer_.get();
     float* const st = p;
@@ -109,7 +111,7 @@ class BackwardWorkspace {
  private:
   // Multiples of 16 floats, so every buffer starts 64-byte aligned.
   static index_t per_tile(index_t dp) { return 5 * tile_q * dp + 6 * tile_q; }
-  index_t capacity_dp_ = 0;
+  index_t capacity_ = 0;
   AlignedBuffer buffer_;
   BackwardBuffers buffers_[max_group_tiles];
   index_t rows_[2 * tile_k] = {};
