@@ -3,9 +3,10 @@
 # scripts/test.sh already built and ran cpu_kernel_{scalar,avx2,avx512} for the
 # x86 paths this machine runs (tests/cpu/CMakeLists.txt); this step
 # cross-compiles the NEON path with Debian's aarch64 toolchain (GoogleTest
-# built for aarch64 from /usr/src/googletest) and runs it under qemu-user.
-# Budget: 15 minutes on 2 cores (about 4 minutes measured: gtest 1 min, the
-# NEON test binary 2 min, its run under qemu 1 min).
+# built for aarch64 from /usr/src/googletest) and runs it under qemu-user:
+# the forward kernel's tests and the backward pass's (tests/backward).
+# Budget: 15 minutes on 2 cores (about 6 minutes measured: gtest 1 min, the
+# two NEON test binaries 3-4 min, their runs under qemu 1 min).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/deps.sh g++-aarch64-linux-gnu qemu-user
@@ -41,5 +42,5 @@ fi
 cmake -S . -B "$root/neon" -G Ninja -DCMAKE_BUILD_TYPE=Release -DISM_WERROR=ON \
   -DCMAKE_TOOLCHAIN_FILE="$root/aarch64.cmake" -DGTest_DIR="$root/gtest/lib/cmake/GTest" \
   -DEigen3_DIR=/usr/share/eigen3/cmake -DISM_BUILD_BENCHMARKS=OFF -DISM_BUILD_EXAMPLES=OFF > /dev/null
-cmake --build "$root/neon" -j "$jobs" --target cpu_kernel_neon
-ctest --test-dir "$root/neon" --output-on-failure -R '^cpu_kernel_neon$'
+cmake --build "$root/neon" -j "$jobs" --target cpu_kernel_neon backward_neon
+ctest --test-dir "$root/neon" --output-on-failure -R '^(cpu_kernel|backward)_neon$'

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Fuzzing: builds the libFuzzer targets of tests/fuzz with clang (AddressSanitizer
 # + UndefinedBehaviorSanitizer) and runs each for ISM_FUZZ_SECONDS (default 60),
-# both at once on the 2 cores, starting from the committed corpora. Any crash,
+# all at once on the 2 cores, starting from the committed corpora. Any crash,
 # sanitizer report, property violation, leak, timeout or out-of-memory fails CI;
 # the failing input is printed in hex, to be committed as
 # tests/fuzz/corpus/<target>/regress-<what-it-found> with the fix.
-# Budget: 3 minutes (about 1.5 to build, 1 to run), shared with 45-tsan.sh (6 in all).
+# Budget: 3 minutes (about 2 to build, 1 to run), shared with 45-tsan.sh (7 in all).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${ISM_FUZZ_SECONDS:-60}
 b=build-fuzz
-targets=(fuzz_masks fuzz_attention)
+targets=(fuzz_masks fuzz_attention fuzz_backward)
 
 cmake -S . -B $b -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ \
   -DISM_BUILD_BENCHMARKS=OFF -DISM_BUILD_EXAMPLES=OFF -DISM_FUZZ_LIBFUZZER=ON >/dev/null

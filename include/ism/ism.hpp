@@ -9,11 +9,13 @@
 //   mask/kv_reuse.hpp       safe splits and droppable cache keys, for any mask
 //   mask/tile_kind.hpp      Empty / Full / Partial tiles from corner rows
 //   kv/                     KV sources: contiguous, paged views, the page pool
-//   attention/              the CPU entry points: attention, batch, plan
+//   attention/              the CPU entry points: attention, batch, plan, backward
 //   cpu/kernel.hpp          the fused CPU kernel's tile loop; cpu/simd/ one file per ISA
 //   dialogue/               conversations and chunked prefill for engines
 //   reference.hpp           the fp64 reference every path is tested against
+//   reference_backward.hpp  its gradients, the fp64 reference of attention_backward
 #include "ism/attention/attention.hpp"
+#include "ism/attention/backward.hpp"
 #include "ism/attention/batch.hpp"
 #include "ism/attention/plan.hpp"
 #include "ism/core/config.hpp"
@@ -38,3 +40,4 @@
 #include "ism/mask/sliding_window.hpp"
 #include "ism/mask/tile_kind.hpp"
 #include "ism/reference.hpp"
+#include "ism/reference_backward.hpp"

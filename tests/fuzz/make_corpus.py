@@ -12,7 +12,7 @@ import random
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # target -> number of top-level cases its first byte selects from
-TARGETS = {"fuzz_masks": 5, "fuzz_attention": 4}
+TARGETS = {"fuzz_masks": 5, "fuzz_attention": 4, "fuzz_backward": 4}
 PER_CASE = 3
 
 
