@@ -195,16 +195,24 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
   constexpr float log2e = 1.4426950408889634f;
   const float qscale = mods.softcap != 0.f ? scale / mods.softcap : scale * log2e;
   const float cap2 = mods.softcap * log2e;
+  constexpr index_t PR = panel_rows<S>;
   auto prepare = [&](QTile& qt) {
-    // Q^T, pre-scaled; padding lanes and dims are 0.
+    // Q in panels (tile_ops.hpp), pre-scaled; padding lanes and dims are 0.
+    // Each row is widened into the (not yet used) output accumulator first,
+    // a vector at a time, then spread over its panel's lanes.
     float* qtr = qt.b.qt;
-    for (index_t i = 0; i < qt.n; ++i) {
-      const T* q = rows[qt.r0 + i].q;
-      for (index_t d = 0; d < dim; ++d) qtr[d * tile_q + i] = widen(q[d]) * qscale;
-      for (index_t d = dim; d < dp; ++d) qtr[d * tile_q + i] = 0.f;
+    float* row = qt.b.o;
+    const index_t rows_pad = qt.nv * W;
+    for (index_t i = 0; i < rows_pad; ++i) {
+      const index_t p0 = i / PR * PR, pw = std::min(PR, rows_pad - p0);
+      float* dst = qtr + p0 * dp + (i - p0);
+      if (i < qt.n) {
+        load_row<S>(rows[qt.r0 + i].q, row, dim, dp);
+        for (index_t d = 0; d < dp; ++d) dst[d * pw] = row[d] * qscale;
+      } else {
+        for (index_t d = 0; d < dp; ++d) dst[d * pw] = 0.f;
+      }
     }
-    for (index_t i = qt.n; i < qt.nv * W; ++i)
-      for (index_t d = 0; d < dp; ++d) qtr[d * tile_q + i] = 0.f;
     for (index_t i = 0; i < qt.nv * W; ++i) {
       qt.b.m[i] = -std::numeric_limits<float>::infinity();
       qt.b.l[i] = 0.f;
