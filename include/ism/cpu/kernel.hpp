@@ -198,19 +198,25 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
   constexpr index_t PR = panel_rows<S>;
   auto prepare = [&](QTile& qt) {
     // Q in panels (tile_ops.hpp), pre-scaled; padding lanes and dims are 0.
-    // Each row is widened into the (not yet used) output accumulator first,
-    // a vector at a time, then spread over its panel's lanes.
+    // The rows are widened a vector at a time into the (not yet used) output
+    // accumulator first, then spread over their panels' lanes: reading a
+    // value back right after its vector store would stall on store
+    // forwarding for every element.
     float* qtr = qt.b.qt;
-    float* row = qt.b.o;
+    float* rows_f = qt.b.o;
     const index_t rows_pad = qt.nv * W;
-    for (index_t i = 0; i < rows_pad; ++i) {
-      const index_t p0 = i / PR * PR, pw = std::min(PR, rows_pad - p0);
-      float* dst = qtr + p0 * dp + (i - p0);
-      if (i < qt.n) {
-        load_row<S>(rows[qt.r0 + i].q, row, dim, dp);
-        for (index_t d = 0; d < dp; ++d) dst[d * pw] = row[d] * qscale;
-      } else {
-        for (index_t d = 0; d < dp; ++d) dst[d * pw] = 0.f;
+    for (index_t i = 0; i < qt.n; ++i) load_row<S>(rows[qt.r0 + i].q, rows_f + i * dp, dim, dp);
+    for (index_t p0 = 0; p0 < rows_pad; p0 += PR) {
+      const index_t pw = std::min(PR, rows_pad - p0);
+      float* panel = qtr + p0 * dp;
+      for (index_t i = p0; i < p0 + pw; ++i) {
+        float* dst = panel + (i - p0);
+        if (i < qt.n) {
+          const float* src = rows_f + i * dp;
+          for (index_t d = 0; d < dp; ++d) dst[d * pw] = src[d] * qscale;
+        } else {
+          for (index_t d = 0; d < dp; ++d) dst[d * pw] = 0.f;
+        }
       }
     }
     for (index_t i = 0; i < qt.nv * W; ++i) {

@@ -208,17 +208,42 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
   // 1. Scores: st[j][i] = q_i . k_j (log2 units). A Full tile without padding
   // keys and without score modifiers takes each row's max while scoring,
   // starting from the running max; alpha holds it until step 2 needs alpha.
+  // A Partial tile computes, per panel and per row vector, only the keys
+  // some of its rows see (a causal diagonal tile: about half), and never
+  // reads a score outside a row's own keys; a skipped block's scores are
+  // stale, and the mask pass sets every one outside a row's keys to -inf.
   const bool modified = ws.softcap2 != 0.f || ws.alibi;
   const bool max_in_scores = !Partial && nk == nk_pad && !modified;
+  auto rows_keys = [&](index_t r0, index_t r1, index_t& j0, index_t& j1) {
+    j0 = 0;
+    j1 = nk;
+    if constexpr (Partial) {
+      j0 = nk;
+      j1 = 0;
+      for (index_t i = r0; i < std::min(r1, nrows); ++i) {
+        const index_t a = std::clamp<index_t>(static_cast<index_t>(ws.lo[i]), 0, nk);
+        const index_t b = std::clamp<index_t>(static_cast<index_t>(ws.hi[i]), 0, nk);
+        if (a < b) {
+          j0 = std::min(j0, a);
+          j1 = std::max(j1, b);
+        }
+      }
+      if (j1 <= j0) j0 = j1 = 0;
+    }
+  };
   if (max_in_scores) std::copy(ws.m, ws.m + nv * W, ws.alpha);
   for (index_t p = 0; p < n_panels; ++p) {
     prefetch_rows(ws, pf_done, pf_half * (p + 1) / n_panels);
     const index_t iv0 = p * IB;
     const int ib = static_cast<int>(std::min<index_t>(IB, nv - iv0));
     const float* qp = ws.qt + iv0 * W * dp;
+    index_t k_begin, k_end;
+    rows_keys(iv0 * W, (iv0 + ib) * W, k_begin, k_end);
+    k_begin = k_begin / JB * JB;
+    k_end = std::min(nk_pad, (k_end + JB - 1) / JB * JB);
     with_block<IB>(ib, [&](auto IBc) {
       constexpr int B = decltype(IBc)::value;
-      for (index_t j0 = 0; j0 < nk_pad; j0 += JB)
+      for (index_t j0 = k_begin; j0 < k_end; j0 += JB)
         score_block<S, B, JB>(qp, B * W, ws.kp + j0 * dp, ws.st + j0 * tile_q + iv0 * W, dp,
                               max_in_scores ? ws.alpha + iv0 * W : nullptr);
     });
@@ -239,9 +264,11 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
     float* col = ws.st + iv * W;
     const V m_old = S::load(ws.m + iv * W);
     V mx = m_old;
+    index_t j_begin, j_end;  // keys some lane sees; the rest is never read
+    rows_keys(iv * W, iv * W + W, j_begin, j_end);
     if constexpr (Partial) {
       const V lo = S::load(ws.lo + iv * W), hi = S::load(ws.hi + iv * W);
-      for (index_t j = 0; j < nk; ++j) {
+      for (index_t j = j_begin; j < j_end; ++j) {
         const V s = S::keep_in_range(S::load(col + j * tile_q), S::set1(static_cast<float>(j)), lo, hi, neg_inf);
         S::store(col + j * tile_q, s);
         mx = S::max(mx, s);
@@ -253,7 +280,7 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
     }
     mx = S::max(mx, lowest);
     V sum = S::zero();
-    for (index_t j = 0; j < nk; ++j) {
+    for (index_t j = j_begin; j < j_end; ++j) {
       const V p = S::exp2(S::sub(S::load(col + j * tile_q), mx));
       S::store(col + j * tile_q, p);
       sum = S::add(sum, p);
