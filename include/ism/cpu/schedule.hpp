@@ -25,12 +25,16 @@
 #include <limits>
 #include <vector>
 
+#include "ism/core/isa_vector.hpp"
 #include "ism/core/shape.hpp"
 #include "ism/cpu/simd/select.hpp"
 #include "ism/cpu/workspace.hpp"
 #include "ism/mask/query_bounds.hpp"
 
 namespace ism::cpu {
+// Everything here is per instruction set (core/isa.hpp), the task types too:
+// the vectors of them are instantiated by every unit that plans.
+inline namespace ISM_SIMD_NAMESPACE {
 
 // Key chunks of the split (decode) path: a chunk holds at least this many key
 // tiles (so per-chunk overhead stays small), and there are at most
@@ -74,8 +78,6 @@ inline index_t even_split(index_t total, index_t most) {
   return ceil_div(total, ceil_div(total, std::max<index_t>(1, most)));
 }
 
-inline namespace ISM_SIMD_NAMESPACE {
-
 class Schedule {
  public:
   Schedule() = default;
@@ -88,7 +90,7 @@ class Schedule {
     constexpr index_t none = -1;
     const index_t all_tiles = std::numeric_limits<index_t>::max();
     const index_t want_tasks = tasks_per_thread * std::max(1, threads);
-    std::vector<index_t> tile_cost;
+    isa_vector<index_t> tile_cost;
     for (index_t p = 0; p < count; ++p) {
       const AttentionShape& s = shapes[p];
       if (s.n_q == 0) continue;
