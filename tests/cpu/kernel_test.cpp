@@ -211,8 +211,16 @@ void check_conversions(Rng& rng) {
   for (size_t i = 0; i + W <= xs.size(); i += W) {
     S::store(out, S::load(&xs[i]));
     for (int l = 0; l < W; ++l) {
-      if (std::isnan(xs[i + size_t(l)])) ASSERT_TRUE(std::isnan(ism::to_float(out[l])));
-      else ASSERT_EQ(bits_of16(out[l]), bits_of16(ism::from_float<T>(xs[i + size_t(l)]))) << xs[i + size_t(l)];
+      const float x = xs[i + size_t(l)];
+      if (std::isnan(x)) {
+        ASSERT_TRUE(std::isnan(ism::to_float(out[l])));
+      } else if (std::is_same_v<T, Eigen::bfloat16> && std::fpclassify(x) == FP_SUBNORMAL &&
+                 bits_of16(out[l]) == (std::signbit(x) ? 0x8000 : 0)) {
+        // AVX512_BF16's VCVTNEPS2BF16 flushes fp32 subnormals to a signed
+        // zero (cpu/simd/avx512.hpp); every other input must round exactly.
+      } else {
+        ASSERT_EQ(bits_of16(out[l]), bits_of16(ism::from_float<T>(x))) << x;
+      }
     }
   }
 }

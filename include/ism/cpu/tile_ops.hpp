@@ -208,10 +208,11 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
   // 1. Scores: st[j][i] = q_i . k_j (log2 units). A Full tile without padding
   // keys and without score modifiers takes each row's max while scoring,
   // starting from the running max; alpha holds it until step 2 needs alpha.
-  // A Partial tile computes, per panel and per row vector, only the keys
-  // some of its rows see (a causal diagonal tile: about half), and never
-  // reads a score outside a row's own keys; a skipped block's scores are
-  // stale, and the mask pass sets every one outside a row's keys to -inf.
+  // A Partial tile computes each key block only for the row vectors of the
+  // panel whose rows see some of its keys (a causal diagonal tile: about
+  // half), and never reads a score outside a row's own keys; a skipped
+  // block's scores are stale, and the mask pass sets every one outside a
+  // row's keys to -inf.
   const bool modified = ws.softcap2 != 0.f || ws.alibi;
   const bool max_in_scores = !Partial && nk == nk_pad && !modified;
   auto rows_keys = [&](index_t r0, index_t r1, index_t& j0, index_t& j1) {
@@ -232,21 +233,37 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
     }
   };
   if (max_in_scores) std::copy(ws.m, ws.m + nv * W, ws.alpha);
+  index_t vk0[tile_q], vk1[tile_q];  // Partial: the keys each row vector's rows see
+  if constexpr (Partial)
+    for (index_t iv = 0; iv < nv; ++iv) rows_keys(iv * W, iv * W + W, vk0[iv], vk1[iv]);
   for (index_t p = 0; p < n_panels; ++p) {
     prefetch_rows(ws, pf_done, pf_half * (p + 1) / n_panels);
     const index_t iv0 = p * IB;
     const int ib = static_cast<int>(std::min<index_t>(IB, nv - iv0));
     const float* qp = ws.qt + iv0 * W * dp;
-    index_t k_begin, k_end;
-    rows_keys(iv0 * W, (iv0 + ib) * W, k_begin, k_end);
-    k_begin = k_begin / JB * JB;
-    k_end = std::min(nk_pad, (k_end + JB - 1) / JB * JB);
-    with_block<IB>(ib, [&](auto IBc) {
-      constexpr int B = decltype(IBc)::value;
-      for (index_t j0 = k_begin; j0 < k_end; j0 += JB)
-        score_block<S, B, JB>(qp, B * W, ws.kp + j0 * dp, ws.st + j0 * tile_q + iv0 * W, dp,
-                              max_in_scores ? ws.alpha + iv0 * W : nullptr);
-    });
+    if constexpr (!Partial) {
+      with_block<IB>(ib, [&](auto IBc) {
+        constexpr int B = decltype(IBc)::value;
+        for (index_t j0 = 0; j0 < nk_pad; j0 += JB)
+          score_block<S, B, JB>(qp, B * W, ws.kp + j0 * dp, ws.st + j0 * tile_q + iv0 * W, dp,
+                                max_in_scores ? ws.alpha + iv0 * W : nullptr);
+      });
+    } else {
+      for (index_t j0 = 0; j0 < nk_pad; j0 += JB) {
+        // The panel's row vectors [a, b) that see a key of [j0, j0 + JB).
+        index_t a = iv0 + ib, b = iv0;
+        for (index_t iv = iv0; iv < iv0 + ib; ++iv)
+          if (vk0[iv] < j0 + JB && vk1[iv] > j0) {
+            a = std::min(a, iv);
+            b = iv + 1;
+          }
+        if (a >= b) continue;
+        with_block<IB>(static_cast<int>(b - a), [&](auto IBc) {
+          score_block<S, decltype(IBc)::value, JB>(qp + (a - iv0) * W, ib * W, ws.kp + j0 * dp,
+                                                   ws.st + j0 * tile_q + a * W, dp, nullptr);
+        });
+      }
+    }
   }
 
   if (modified) {
@@ -264,8 +281,11 @@ inline void attend_tile(const TileBuffers& ws, index_t nrows, index_t nk) {
     float* col = ws.st + iv * W;
     const V m_old = S::load(ws.m + iv * W);
     V mx = m_old;
-    index_t j_begin, j_end;  // keys some lane sees; the rest is never read
-    rows_keys(iv * W, iv * W + W, j_begin, j_end);
+    index_t j_begin = 0, j_end = nk;  // keys some lane sees; the rest is never read
+    if constexpr (Partial) {
+      j_begin = vk0[iv];
+      j_end = vk1[iv];
+    }
     if constexpr (Partial) {
       const V lo = S::load(ws.lo + iv * W), hi = S::load(ws.hi + iv * W);
       for (index_t j = j_begin; j < j_end; ++j) {

@@ -1,7 +1,9 @@
 #pragma once
 // AVX-512F: 16 float lanes, 32 registers. bf16 -> fp32 is a shift (exact);
-// fp32 -> bf16 uses AVX512_BF16's VCVTNEPS2BF16 when the target has it and the
-// same round-to-nearest-even in integer ops otherwise; fp16 uses VCVTPH2PS /
+// fp32 -> bf16 uses AVX512_BF16's VCVTNEPS2BF16 when the target has it (round
+// to nearest even, except that it flushes fp32 subnormals, below 1.2e-38, to a
+// signed zero whatever MXCSR says) and the same rounding in integer ops
+// otherwise (subnormals kept); fp16 uses VCVTPH2PS /
 // VCVTPS2PH, which AVX-512F includes for 512-bit registers.
 #if !defined(__AVX512F__)
 #error "ism/cpu/simd/avx512.hpp needs an AVX-512F target (-mavx512f or -march=...)"
