@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "ism/attention/kv_checks.hpp"
+#include "ism/core/isa_vector.hpp"
 #include "ism/core/options.hpp"
 #include "ism/core/validate.hpp"
 #include "ism/cpu/run.hpp"
@@ -142,8 +143,9 @@ class AttentionPlan {
   explicit AttentionPlan(std::vector<PlanRequest> requests, const HostExecution& budget = {})
       : requests_(std::move(requests)) {
     const int threads = budget.threads > 0 && !budget.parallel_for ? budget.threads : cpu::default_threads();
-    std::vector<AttentionShape> shapes;
-    std::vector<QueryBounds> bounds;
+    // Per-ISA containers (core/isa_vector.hpp): their code is this unit's own.
+    isa_vector<AttentionShape> shapes;
+    isa_vector<QueryBounds> bounds;
     for (const PlanRequest& r : requests_) {
       shapes.push_back(r.shape());
       bounds.push_back(r.bounds());
@@ -170,7 +172,7 @@ class AttentionPlan {
     if (opt.lse != nullptr) detail::fail(where, "options.lse must be null (set each request's lse)");
     std::vector<cpu::Problem<TQ, KV>> problems;
     problems.reserve(static_cast<size_t>(count));
-    std::vector<detail::RequestSpans> spans;
+    isa_vector<detail::RequestSpans> spans;
     spans.reserve(static_cast<size_t>(count));
     for (index_t i = 0; i < count; ++i) {
       const RequestBuffers<TQ, KV>& b = buffers[i];

@@ -18,16 +18,18 @@ struct Problem {
 
 // What one path computes: fp32 attention (and its LSE), the same in bf16
 // (inputs rounded to bf16, output widened back), and fp32 Q/out over an fp16
-// K/V cache.
+// K/V cache; and whether attention_batch and AttentionPlan gave the fp32
+// output bit for bit.
 struct Outputs {
   float* out_f32;
   float* lse;
   float* out_bf16;
   float* out_mixed;
+  bool entry_points_agree;
 };
 
 }  // namespace isa_link
 
 // Returns the name of the instruction set the path was compiled for.
-extern "C" const char* ism_isa_link_avx2(const isa_link::Problem*, const isa_link::Outputs*);
-extern "C" const char* ism_isa_link_avx512(const isa_link::Problem*, const isa_link::Outputs*);
+extern "C" const char* ism_isa_link_avx2(const isa_link::Problem*, isa_link::Outputs*);
+extern "C" const char* ism_isa_link_avx512(const isa_link::Problem*, isa_link::Outputs*);

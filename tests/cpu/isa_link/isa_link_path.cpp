@@ -8,7 +8,7 @@
 #include "cpu/isa_link/isa_link.hpp"
 #include "ism/ism.hpp"
 
-extern "C" const char* ISM_ISA_LINK_ENTRY(const isa_link::Problem* p, const isa_link::Outputs* o) {
+extern "C" const char* ISM_ISA_LINK_ENTRY(const isa_link::Problem* p, isa_link::Outputs* o) {
   using ism::index_t;
   const index_t n = p->tokens, h = p->heads, kvh = p->kv_heads, d = p->dim;
   const std::vector<index_t> b(p->boundaries, p->boundaries + p->segments + 1);
@@ -45,5 +45,20 @@ extern "C" const char* ISM_ISA_LINK_ENTRY(const isa_link::Problem* p, const isa_
   }
   ism::attention(view(p->q, h), view(static_cast<const Eigen::half*>(kh.data()), kvh),
                  view(static_cast<const Eigen::half*>(vh.data()), kvh), view(o->out_mixed, h), mask, opt);
+
+  // The batched and planned entry points (their containers, their checks):
+  // the same fp32 problem, whose output must equal the single call's.
+  std::vector<float> batched(size_t(n * h * d)), planned(batched.size());
+  std::vector<ism::AttentionRequest<float, ism::SegmentMask>> requests;
+  requests.push_back({view(p->q, h), view(p->k, kvh), view(p->v, kvh), view(batched.data(), h), &mask, -1, nullptr});
+  ism::attention_batch(requests, opt);
+  std::vector<ism::PlanRequest> planned_requests;
+  planned_requests.push_back(ism::plan_request(ism::RequestShape{n, n, h, kvh, d, -1}, mask));
+  ism::AttentionPlan plan(std::move(planned_requests));
+  std::vector<ism::RequestBuffers<float, ism::ContiguousKV<float>>> buffers;
+  buffers.push_back({view(p->q, h), ism::ContiguousKV<float>{view(p->k, kvh), view(p->v, kvh)},
+                     view(planned.data(), h), nullptr});
+  plan.run(buffers, opt);
+  o->entry_points_agree = batched == std::vector<float>(o->out_f32, o->out_f32 + batched.size()) && planned == batched;
   return ISM_SIMD_NAME;
 }
