@@ -18,6 +18,15 @@ missing). Options:
     --rev REV        measure the committed tree REV (git archive into
                      BUILD/src) instead of the working tree, so the report
                      names exactly the code it measured
+    --torch-python PY  a Python with torch for the PyTorch column of the
+                     kernel acceptance (bench/torch_sdpa.py; default: this
+                     interpreter; skipped with a message when torch is absent)
+
+The kernel's acceptance binary (bench/kernel_bench) runs once per instruction
+set the machine has: the -march=native build, and on an AVX-512 machine also
+an AVX2 build (BUILD-avx2: -march=x86-64-v3 -DISM_SIMD=avx2), each against
+OpenBLAS's kernels for the same instruction set (OPENBLAS_CORETYPE=SkylakeX
+and Haswell).
 
 Python 3 standard library only.
 """
@@ -106,7 +115,7 @@ def snapshot(rev, build):
     return src
 
 
-def configure_and_build(build, source):
+def configure_and_build(build, source, extra=(), targets=()):
     # A build tree remembers its source; switching between the working tree and
     # a snapshot needs a fresh configure.
     cache = os.path.join(build, "CMakeCache.txt")
@@ -117,8 +126,8 @@ def configure_and_build(build, source):
             shutil.rmtree(os.path.join(build, "CMakeFiles"), ignore_errors=True)
     sh(["cmake", "-S", source, "-B", build, "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
         "-DISM_BUILD_BENCHMARKS=ON", "-DISM_BUILD_TESTS=OFF", "-DISM_BUILD_EXAMPLES=OFF",
-        "-DISM_BENCH_NATIVE=ON", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON"])
-    sh(["cmake", "--build", build, "-j", "2"])
+        "-DISM_BENCH_NATIVE=ON", "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON", *extra])
+    sh(["cmake", "--build", build, "-j", "2", *(["--target", *targets] if targets else [])])
 
 
 def run_binary(build, json_dir, tag, binary, flt, reps, min_time, env):
@@ -421,9 +430,10 @@ def acceptance_from_prefill(res):
 
 
 def acceptance_from_kernel_bench(res_kernel):
-    rates = {e["label"] or e["pos"][2]: gflops(e) for e in res_kernel.find(["kernel", "sgemm"])}
+    rates = {e["label"] or e["pos"][2]: gflops(e) for e in res_kernel.find(["kernel", "sgemm"], threads=1)}
     label = max(rates, key=rates.get) if rates else None
-    return acceptance(lambda impl, mask, n, threads: res_kernel.one(["kernel", impl, mask], N=n, threads=threads),
+    return acceptance(lambda impl, mask, n, threads: res_kernel.one(["kernel", impl, mask, "fp32"], D=128, N=n,
+                                                                    threads=threads),
                       rates.get(label), f"{label}, square 2048" if label else "none")
 
 
@@ -610,6 +620,130 @@ def dialogue_section(res, tmp, plots):
     return md
 
 
+# ---------------------------------------------------------------------------
+# Kernel acceptance (issue 11): bench/kernel_bench per instruction set, with
+# PyTorch's SDPA (bench/torch_sdpa.py) beside it.
+
+KERNEL_ISAS = ("avx512", "avx2")
+BLAS_CORE = {"avx512": "SkylakeX", "avx2": "Haswell"}
+TORCH_WANT = {"none": 1.0, "causal": 1.1, "ism16": 1.5}
+
+
+def cpu_has_avx512():
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return all(f in flags.split() for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq"))
+
+
+def kernel_builds(build):
+    """(isa, build dir, extra cmake args) of each kernel_bench build: the
+    native build, plus an AVX2 build where the native one is AVX-512."""
+    out = [("native", build, [])]
+    if cpu_has_avx512():
+        out.append(("avx2", build + "-avx2",
+                    ["-DISM_BENCH_NATIVE=OFF", "-DCMAKE_CXX_FLAGS=-march=x86-64-v3 -DISM_SIMD=avx2"]))
+    return out
+
+
+def kernel_isa(res_kernel):
+    e = res_kernel.one(["kernel", "peak", "fma"])
+    return e["label"] if e else "unknown"
+
+
+def run_torch(python, json_dir):
+    """bench/torch_sdpa.py for the kernel acceptance shapes; returns the JSON
+    path, or None (with the reason printed) when torch is not importable."""
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        print(f"== torch: {python} cannot import torch: the PyTorch column is skipped", flush=True)
+        return None
+    out = os.path.join(json_dir, "torch.json")
+    sh([python, os.path.join(BENCH, "torch_sdpa.py"), "--mode", "prefill", "--n", "2048", "4096",
+        "--dim", "128", "64", "--threads", "1", "2", "--masks", "none", "causal", "ism16", "--json", out])
+    return out
+
+
+def load_torch(json_dir):
+    path = os.path.join(json_dir, "torch.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
+def torch_ms(torch, mask, dim, n, threads):
+    for t in torch:
+        if t.get("mask") == mask and t.get("dim") == dim and t.get("n") == n and t.get("threads") == threads \
+                and t.get("dtype") == "fp32":
+            return t["median_ms"]
+    return None
+
+
+def kernel_acceptance(res_kernel, torch):
+    """Issue 11's criteria for one instruction set's kernel_bench run."""
+    def case(mask, typ, dim, n, threads):
+        return res_kernel.one(["kernel", "ism", mask, typ], D=dim, N=n, threads=threads)
+
+    def t(*a):
+        e = case(*a)
+        return e["time_s"] if e else None
+
+    sgemm = {}
+    for threads in (1, 2):
+        rates = {e["label"]: gflops(e) for e in res_kernel.find(["kernel", "sgemm"], threads=threads)}
+        if rates:
+            best = max(rates, key=rates.get)
+            sgemm[threads] = (rates[best], best)
+    peak = res_kernel.one(["kernel", "peak", "fma"])
+    isa = kernel_isa(res_kernel)
+    md = [f"FMA peak of the {isa} path, one core: {fmt(gflops(peak), 1)} GFLOP/s. SGEMM (square 2048): " +
+          ", ".join(f"{th} thread{'s' if th > 1 else ''} {fmt(r, 1)} GFLOP/s ({lab})"
+                    for th, (r, lab) in sorted(sgemm.items())) + ".\n\n"]
+
+    def ok(x, good):
+        return "-" if x is None else ("yes" if good(x) else "**no**")
+
+    rows = []
+    for dim in (128, 64):
+        for n in (2048, 4096):
+            for mask in ("none", "causal", "ism16"):
+                for threads in (1, 2):
+                    e = case(mask, "fp32", dim, n, threads)
+                    if not e:
+                        continue
+                    frac = ratio(gflops(e), sgemm.get(threads, (None,))[0])
+                    tm = torch_ms(torch, mask, dim, n, threads)
+                    vs = ratio(tm and tm / 1e3, e["time_s"])
+                    rows.append([dim, n, mask, threads, fmt_time(e["time_s"]), fmt(gflops(e), 1),
+                                 f"{fmt(frac, 2)} {ok(frac, lambda x: x >= 0.8)}",
+                                 fmt_time(tm / 1e3) if tm else "-",
+                                 f"{fmt(vs, 2, 'x')} {ok(vs, lambda x, w=TORCH_WANT[mask]: x >= w)}" if vs else "-"])
+    md.append(table(["D", "N", "mask", "threads", "time", "useful GFLOP/s", "/ SGEMM (>= 0.8)", "PyTorch SDPA",
+                     "PyTorch / ism (none >= 1, causal >= 1.1, ism16 >= 1.5)"], rows))
+    rows = []
+    for dim in (128, 64):
+        for n in (2048, 4096):
+            none, causal, ism = (t(m, "fp32", dim, n, 1) for m in ("none", "causal", "ism16"))
+            if none is None and causal is None and ism is None:
+                continue
+            cn, ic = ratio(causal, none), ratio(ism, causal)
+            scal = [ratio(t(m, "fp32", dim, n, 1), t(m, "fp32", dim, n, 2)) for m in ("none", "causal", "ism16")]
+            types = []
+            for typ in ("bf16", "fp16"):
+                r = [ratio(t(m, typ, dim, n, 1), t(m, "fp32", dim, n, 1)) for m in ("none", "causal", "ism16")]
+                types.append(" / ".join(f"{fmt(x, 2)}" for x in r) + " " +
+                             ok(max((x for x in r if x is not None), default=None), lambda x: x <= 1.10))
+            rows.append([dim, n, f"{fmt(cn, 3)} {ok(cn, lambda x: x <= 0.55)}", f"{fmt(ic, 3)} {ok(ic, lambda x: x <= 1.05)}",
+                         " / ".join(fmt(x, 2) for x in scal) + " " +
+                         ok(min((x for x in scal if x is not None), default=None), lambda x: x >= 1.8)] + types)
+    md.append("\nRatios of times, 1 thread unless said (masks none / causal / ism16 where three):\n\n")
+    md.append(table(["D", "N", "causal / none (<= 0.55)", "ism16 / causal (<= 1.05)", "1T / 2T (>= 1.8)",
+                     "bf16 / fp32 (<= 1.10)", "fp16 / fp32 (<= 1.10)"], rows))
+    return "".join(md)
+
+
 def kernel_section(res_kernel):
     if res_kernel is None:
         return "bench/kernel_bench was not built when this report ran.\n"
@@ -677,11 +811,15 @@ def render(build, json_dir, meta):
         path = os.path.join(json_dir, tag + ".json")
         if os.path.exists(path):
             res.load(path)
-    res_kernel = None
-    kpath = os.path.join(json_dir, "kernel.json")
-    if os.path.exists(kpath):
-        res_kernel = Results()
-        res_kernel.load(kpath)
+    kernels = []  # (tag, Results) of each kernel_bench run, the native build first
+    for tag in ("native", "avx2"):
+        kpath = os.path.join(json_dir, f"kernel-{tag}.json")
+        if os.path.exists(kpath):
+            r = Results()
+            r.load(kpath)
+            kernels.append((tag, r))
+    res_kernel = kernels[0][1] if kernels else None
+    torch = load_torch(json_dir)
 
     os.makedirs(PLOTS, exist_ok=True)
     plots = []
@@ -723,8 +861,23 @@ def render(build, json_dir, meta):
 
     md.append("## Headlines\n\n")
     md.append(headlines(res))
+    md.append("\n## Kernel acceptance (issue 11)\n\n")
+    md.append("bench/kernel_bench once per instruction set, each against OpenBLAS's kernels for that set; "
+              "fp32, H=8 heads, one KV head per query head, q = k = N; times are medians (wall clock). "
+              "PyTorch: `torch.nn.functional.scaled_dot_product_attention` on the same shapes "
+              f"(bench/torch_sdpa.py; {'torch ' + torch[0].get('torch_version', '?') if torch else 'not run: no torch'}"
+              f"{', its ' + torch[0].get('kernel', '?') + ' kernel' if torch else ''}; [1, H, N, D] tensors, ism16 as a "
+              "dense boolean mask).\n\n")
+    for tag, r in kernels:
+        isa = kernel_isa(r)
+        md.append(f"### {isa} path ({'-march=native build' if tag == 'native' else 'AVX2 build'}, "
+                  f"OPENBLAS_CORETYPE={BLAS_CORE.get(isa, 'default')})\n\n")
+        md.append(kernel_acceptance(r, torch))
+        md.append("\n")
+    if not kernels:
+        md.append("bench/kernel_bench was not built when this report ran.\n")
     md.append("\n## Kernel acceptance (issue 3)\n\n")
-    md.append("### From bench/kernel_bench (the kernel's acceptance binary, run with OPENBLAS_CORETYPE=SkylakeX)\n\n")
+    md.append("### From bench/kernel_bench (the native build: fp32, D=128)\n\n")
     md.append(kernel_section(res_kernel))
     md.append("\n### Cross-check from the prefill_bench cases of the same shape\n\n")
     md.append(acceptance_from_prefill(res))
@@ -760,6 +913,7 @@ def main():
     ap.add_argument("--render-only", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rev", default=None)
+    ap.add_argument("--torch-python", default=None)
     args = ap.parse_args()
     build = os.path.abspath(args.build)
     json_dir = os.path.abspath(args.json_dir or os.path.join(build, "report-json"))
@@ -786,10 +940,17 @@ def main():
                 os.remove(os.path.join(json_dir, f))
         for tag, binary, flt, reps, min_time, env in standard_runs(args.quick):
             run_binary(build, json_dir, tag, binary, flt, reps, min_time, env)
-        if os.path.exists(os.path.join(build, "bench", "kernel_bench")):
-            # The kernel's own acceptance set, against OpenBLAS's AVX-512 kernels.
-            run_binary(build, json_dir, "kernel", "kernel_bench", ".", 1 if args.quick else 9, 0.1,
-                       {"OPENBLAS_CORETYPE": "SkylakeX"})
+        # The kernel's own acceptance set, once per instruction set, each
+        # against OpenBLAS's kernels for the same set.
+        for tag, kbuild, extra in kernel_builds(build):
+            if kbuild != build:
+                configure_and_build(kbuild, source, extra, targets=["kernel_bench"])
+            if not os.path.exists(os.path.join(kbuild, "bench", "kernel_bench")):
+                continue
+            isa = tag if tag != "native" else ("avx512" if cpu_has_avx512() else "avx2")
+            env = {"OPENBLAS_CORETYPE": BLAS_CORE[isa]} if isa in BLAS_CORE else {}
+            run_binary(kbuild, json_dir, f"kernel-{tag}", "kernel_bench", ".", 1 if args.quick else 9, 0.1, env)
+        run_torch(args.torch_python or sys.executable, json_dir)
         meta["load_after"] = load_average()
         with open(meta_path, "w") as f:
             json.dump(meta, f)

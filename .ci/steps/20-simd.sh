@@ -3,13 +3,24 @@
 # scripts/test.sh already built and ran cpu_kernel_{scalar,avx2,avx512} for the
 # x86 paths this machine runs (tests/cpu/CMakeLists.txt); this step
 # cross-compiles the NEON path with Debian's aarch64 toolchain (GoogleTest
-# built for aarch64 from /usr/src/googletest) and runs it under qemu-user:
-# the forward kernel's tests and the backward pass's (tests/backward).
+# built for aarch64 from /usr/src/googletest) and runs under qemu-user the
+# forward kernel's tests and the backward pass's (tests/backward); and runs
+# the two-instruction-set link test (tests/cpu/CMakeLists.txt: cpu_isa_link,
+# built by scripts/test.sh) on an emulated Haswell, an AVX2 CPU without
+# AVX-512, where an AVX-512 instruction reached from the AVX2 path is a SIGILL
+# (scripts/test.sh ran it natively and scanned its objects).
 # Budget: 15 minutes on 2 cores (about 6 minutes measured: gtest 1 min, the
-# two NEON test binaries 3-4 min, their runs under qemu 1 min).
+# two NEON test binaries 3-4 min, their runs under qemu 1 min; Haswell 2 s).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash scripts/deps.sh g++-aarch64-linux-gnu qemu-user
+
+link_test=${ISM_BUILD:-build}/tests/cpu/cpu_isa_link
+if [ "$(uname -m)" = x86_64 ]; then
+  [ -x "$link_test" ] || { echo "missing $link_test: run scripts/test.sh first"; exit 1; }
+  # (qemu warns that TCG lacks a few system features of Haswell: harmless here.)
+  ISM_ISA_LINK_REQUIRE=avx2 qemu-x86_64 -cpu Haswell "$link_test"
+fi
 root=${ISM_SIMD_BUILD:-build-simd}
 mkdir -p "$root"
 root=$(cd "$root" && pwd)

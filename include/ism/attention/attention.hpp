@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ism/attention/kv_checks.hpp"
+#include "ism/core/isa_vector.hpp"
 #include "ism/core/options.hpp"
 #include "ism/cpu/run.hpp"
 #include "ism/kv/contiguous.hpp"
@@ -29,8 +30,9 @@ inline namespace ISM_SIMD_NAMESPACE {
 // Plans and runs checked problems whose bounds are filled in.
 template <class TQ, class KV>
 void execute(const cpu::Problem<TQ, KV>* problems, index_t count, const AttentionOptions& opt) {
-  std::vector<AttentionShape> shapes;
-  std::vector<QueryBounds> bounds;
+  // Per-ISA containers (core/isa_vector.hpp): their code is this unit's own.
+  isa_vector<AttentionShape> shapes;
+  isa_vector<QueryBounds> bounds;
   shapes.reserve(static_cast<size_t>(count));
   bounds.reserve(static_cast<size_t>(count));
   for (index_t p = 0; p < count; ++p) {
@@ -48,7 +50,7 @@ template <class TQ, class KV, class Mask>
 void attend(const char* where, HeadsView<const TQ> q, const KV& kv, HeadsView<TQ> out, const Mask& mask,
             const AttentionOptions& opt) {
   const CheckedCall c = check_call(where, q, kv, out, mask, opt);
-  std::vector<index_t> lo(static_cast<size_t>(c.shape.n_q)), hi(lo.size());
+  isa_vector<index_t> lo(static_cast<size_t>(c.shape.n_q)), hi(lo.size());
   fill_query_bounds(mask, c.shape.n_q, c.shape.n_k, c.shape.q_offset, lo.data(), hi.data());
   const cpu::Problem<TQ, KV> p{q, kv, out, opt.lse, c.shape, {lo.data(), hi.data(), c.shape.q_offset, c.shape.n_q}};
   execute(&p, 1, opt);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ism/attention/attention.hpp"
+#include "ism/core/isa_vector.hpp"
 
 namespace ism {
 
@@ -33,7 +34,7 @@ void attention_batch(const std::vector<AttentionRequest<T, Mask>>& requests, con
     detail::fail(where, "options.q_offset = ", opt.q_offset, " must be -1 (set each request's q_offset)");
   if (opt.lse != nullptr) detail::fail(where, "options.lse must be null (set each request's lse)");
   std::vector<cpu::Problem<T, ContiguousKV<T>>> problems;
-  std::vector<detail::RequestSpans> spans;
+  isa_vector<detail::RequestSpans> spans;  // per-ISA containers (core/isa_vector.hpp)
   std::vector<std::vector<index_t>> bounds(requests.size());
   problems.reserve(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "ism/attention/kv_checks.hpp"
+#include "ism/core/isa_vector.hpp"
 #include "ism/core/options.hpp"
 #include "ism/core/validate.hpp"
 #include "ism/cpu/run.hpp"
@@ -152,8 +153,9 @@ class AttentionPlan {
     if (budget.threads < 0)
       detail::fail("ism::AttentionPlan", "budget.threads = ", budget.threads, " is negative (0: the library default)");
     const int threads = budget.threads > 0 && !budget.parallel_for ? budget.threads : cpu::default_threads();
-    std::vector<AttentionShape> shapes;
-    std::vector<QueryBounds> bounds;
+    // Per-ISA containers (core/isa_vector.hpp): their code is this unit's own.
+    isa_vector<AttentionShape> shapes;
+    isa_vector<QueryBounds> bounds;
     for (const PlanRequest& r : requests_) {
       shapes.push_back(r.shape());
       bounds.push_back(r.bounds());
@@ -181,7 +183,7 @@ class AttentionPlan {
     if (opt.lse != nullptr) detail::fail(where, "options.lse must be null (set each request's lse)");
     std::vector<cpu::Problem<TQ, KV>> problems;
     problems.reserve(static_cast<size_t>(count));
-    std::vector<detail::RequestSpans> spans;
+    isa_vector<detail::RequestSpans> spans;
     spans.reserve(static_cast<size_t>(count));
     for (index_t i = 0; i < count; ++i) {
       const RequestBuffers<TQ, KV>& b = buffers[i];

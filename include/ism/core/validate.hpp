@@ -175,7 +175,10 @@ struct RequestSpans {
 // that another request reads or writes (each request's own views were checked
 // by check_attention). Written spans (out, lse) are sorted once; every span then
 // finds the written spans it meets by binary search: O(R log R) for R requests.
-inline void check_requests_disjoint(const char* where, const std::vector<RequestSpans>& requests) {
+// `requests` is any vector of RequestSpans (the CPU path passes an isa_vector,
+// core/isa_vector.hpp, which makes this instantiation its unit's own).
+template <class Requests>
+void check_requests_disjoint(const char* where, const Requests& requests) {
   struct Span {
     ByteSpan bytes;
     size_t request;

@@ -181,16 +181,30 @@ void attend_rows(const TileRow<T>* rows, const TileSpan* spans, index_t n_tiles,
   constexpr float log2e = 1.4426950408889634f;
   const float qscale = mods.softcap != 0.f ? scale / mods.softcap : scale * log2e;
   const float cap2 = mods.softcap * log2e;
+  constexpr index_t PR = panel_rows<S>;
   auto prepare = [&](QTile& qt) {
-    // Q^T, pre-scaled; padding lanes and dims are 0.
+    // Q in panels (tile_ops.hpp), pre-scaled; padding lanes and dims are 0.
+    // The rows are widened a vector at a time into the (not yet used) output
+    // accumulator first, then spread over their panels' lanes: reading a
+    // value back right after its vector store would stall on store
+    // forwarding for every element.
     float* qtr = qt.b.qt;
-    for (index_t i = 0; i < qt.n; ++i) {
-      const T* q = rows[qt.r0 + i].q;
-      for (index_t d = 0; d < dim; ++d) qtr[d * tile_q + i] = widen(q[d]) * qscale;
-      for (index_t d = dim; d < dp; ++d) qtr[d * tile_q + i] = 0.f;
+    float* rows_f = qt.b.o;
+    const index_t rows_pad = qt.nv * W;
+    for (index_t i = 0; i < qt.n; ++i) load_row<S>(rows[qt.r0 + i].q, rows_f + i * dp, dim, dp);
+    for (index_t p0 = 0; p0 < rows_pad; p0 += PR) {
+      const index_t pw = std::min(PR, rows_pad - p0);
+      float* panel = qtr + p0 * dp;
+      for (index_t i = p0; i < p0 + pw; ++i) {
+        float* dst = panel + (i - p0);
+        if (i < qt.n) {
+          const float* src = rows_f + i * dp;
+          for (index_t d = 0; d < dp; ++d) dst[d * pw] = src[d] * qscale;
+        } else {
+          for (index_t d = 0; d < dp; ++d) dst[d * pw] = 0.f;
+        }
+      }
     }
-    for (index_t i = qt.n; i < qt.nv * W; ++i)
-      for (index_t d = 0; d < dp; ++d) qtr[d * tile_q + i] = 0.f;
     for (index_t i = 0; i < qt.nv * W; ++i) {
       qt.b.m[i] = -std::numeric_limits<float>::infinity();
       qt.b.l[i] = 0.f;

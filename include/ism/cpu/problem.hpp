@@ -2,11 +2,13 @@
 // What the CPU backend is handed: validated problems (views, a KV source, the
 // rows' key bounds) and the score modifiers. Nothing here knows which entry
 // point the call came through.
+#include "ism/core/isa.hpp"
 #include "ism/core/shape.hpp"
 #include "ism/core/views.hpp"
 #include "ism/mask/query_bounds.hpp"
 
 namespace ism::cpu {
+inline namespace ISM_SIMD_NAMESPACE {
 
 // The modifiers of AttentionOptions as the kernel applies them; all off by
 // default. Checked by the front end (core/validate.hpp).
@@ -28,4 +30,5 @@ struct Problem {
   QueryBounds bounds;
 };
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism::cpu

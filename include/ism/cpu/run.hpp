@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "ism/core/isa_vector.hpp"
 #include "ism/core/options.hpp"
 #include "ism/cpu/kernel.hpp"
 #include "ism/cpu/merge.hpp"
@@ -43,7 +44,7 @@ class RunState {
   }
 
  private:
-  std::vector<float> scratch_;
+  isa_vector<float> scratch_;
   std::unique_ptr<std::atomic<index_t>[]> done_;
   size_t merges_ = 0;
 };

@@ -25,12 +25,16 @@
 #include <limits>
 #include <vector>
 
+#include "ism/core/isa_vector.hpp"
 #include "ism/core/shape.hpp"
 #include "ism/cpu/simd/select.hpp"
 #include "ism/cpu/workspace.hpp"
 #include "ism/mask/query_bounds.hpp"
 
 namespace ism::cpu {
+// Everything here is per instruction set (core/isa.hpp), the task types too:
+// the vectors of them are instantiated by every unit that plans.
+inline namespace ISM_SIMD_NAMESPACE {
 
 // Key chunks of the split (decode) path: a chunk holds at least this many key
 // tiles (so per-chunk overhead stays small), and there are at most
@@ -38,9 +42,13 @@ namespace ism::cpu {
 inline constexpr index_t min_chunk_tiles = 8;
 inline constexpr index_t max_key_chunks = 32;
 
-// Cache a prefill task's query tiles may fill (their Q^T and output
-// accumulators) while key tiles stream past: about a core's L2.
-inline constexpr index_t group_cache_bytes = index_t(1) << 20;
+// Bytes of query tiles (their packed Q and output accumulators) a prefill
+// task may group around each packed key tile. A group may outgrow a core's
+// L2: a step streams its query tile's 2 x 64 x dim floats from L3 in far less
+// time than its 4 x 64 x 64 x dim flops take, while every group repacks the
+// key tiles from the cache (rows a page apart, the costlier reads); 2 MiB
+// gives max_q_tiles tiles at dim 128 (measured 1-2.5% faster than 1 MiB).
+inline constexpr index_t group_cache_bytes = index_t(2) << 20;
 
 // How many tasks the plan aims for per thread, so dynamic hand-out can even
 // out tasks of unequal cost.
@@ -74,8 +82,6 @@ inline index_t even_split(index_t total, index_t most) {
   return ceil_div(total, ceil_div(total, std::max<index_t>(1, most)));
 }
 
-inline namespace ISM_SIMD_NAMESPACE {
-
 class Schedule {
  public:
   Schedule() = default;
@@ -88,7 +94,7 @@ class Schedule {
     constexpr index_t none = -1;
     const index_t all_tiles = std::numeric_limits<index_t>::max();
     const index_t want_tasks = tasks_per_thread * std::max(1, threads);
-    std::vector<index_t> tile_cost;
+    isa_vector<index_t> tile_cost;
     for (index_t p = 0; p < count; ++p) {
       const AttentionShape& s = shapes[p];
       if (s.n_q == 0) continue;

@@ -8,6 +8,7 @@
 #include <new>
 
 #include "ism/core/config.hpp"
+#include "ism/core/isa.hpp"
 
 namespace ism::cpu {
 
@@ -15,6 +16,8 @@ namespace ism::cpu {
 // register block used by the SIMD paths. Tests build BlockMaps with these.
 inline constexpr index_t tile_q = 64;
 inline constexpr index_t tile_k = 64;
+
+inline namespace ISM_SIMD_NAMESPACE {
 
 struct AlignedFree {
   void operator()(float* p) const { ::operator delete[](p, std::align_val_t(64)); }
@@ -34,7 +37,9 @@ inline constexpr index_t max_q_tiles = 16;
 
 // The buffers one (query tile, key tile) step works on, for a padded head dim
 // dp (dim rounded up to the vector width):
-//   qt [dp][tile_q]     the query tile, transposed and pre-scaled
+//   qt                  the query tile, pre-scaled and packed in panels of
+//                       S::s_vecs row vectors (cpu/tile_ops.hpp): panel p
+//                       holds [dp][its rows], rows in the vector lanes
 //   o  [tile_q][dp]     its unnormalised output accumulator
 //   m, l, alpha, lo, hi [tile_q]: running max, running sum, rescale factor,
 //                       and the tile-relative key bounds of each row
@@ -127,4 +132,5 @@ inline Workspace& thread_workspace(index_t padded_dim, index_t q_tiles, index_t 
   return ws;
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism::cpu

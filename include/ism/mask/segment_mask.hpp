@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "ism/core/errors.hpp"
+#include "ism/core/isa.hpp"
 #include "ism/mask/segment.hpp"
 
 namespace ism {
@@ -233,6 +234,10 @@ class SegmentMask {
 };
 
 // --- builders ----------------------------------------------------------------
+// In the per-instruction-set namespace (core/isa.hpp): an engine builds masks
+// in each of its instruction sets' units, and these bodies compile to vector
+// code (AVX-512 in an -mavx512f unit) that must stay that unit's own.
+inline namespace ISM_SIMD_NAMESPACE {
 
 // Explicit segments of one document.
 inline SegmentMask segment_mask(const std::vector<Segment>& segments) {
@@ -292,4 +297,5 @@ inline SegmentMask packed_mask(const std::vector<std::vector<Segment>>& document
   return m;
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism

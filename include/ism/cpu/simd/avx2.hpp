@@ -9,17 +9,27 @@
 
 #include <Eigen/Core>
 
+#include "ism/core/isa.hpp"
 #include "ism/cpu/simd/exp2_poly.hpp"
 
 namespace ism::cpu::simd {
+inline namespace ISM_SIMD_NAMESPACE {
 
 struct Avx2 {
   static constexpr const char* name = "avx2";
   static constexpr int width = 8;
-  // 16 registers: 8 accumulators plus operands for the score block (2 row
-  // vectors x 4 keys), 8 for the output block (2 rows x 4 dim vectors).
-  static constexpr int s_vecs = 2, s_keys = 4, o_rows = 2, o_vecs = 4;
+  // Register blocking of the micro-kernels (cpu/tile_ops.hpp) for 16
+  // registers: scores 3 row vectors x 4 keys (12 accumulators, 3 Q vectors,
+  // 1 broadcast key), output 6 rows x 2 dim vectors (12 accumulators, 2 V
+  // vectors, 1 broadcast probability). 12 independent FMA chains cover the
+  // FMA latency x throughput of Haswell to Zen 4 (8-10), and every loaded
+  // operand feeds 3-6 FMAs, so loads never bind.
+  static constexpr int s_vecs = 3, s_keys = 4, o_rows = 6, o_vecs = 2;
   using V = __m256;
+  // Keeps a loaded operand in a register: an opaque use, so the compiler
+  // cannot fold its reloads into every FMA as memory operands (which makes
+  // the micro-kernels load-bound).
+  static void pin(V& x) { asm("" : "+x"(x)); }
 
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }
@@ -88,4 +98,5 @@ struct Avx2 {
   }
 };
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism::cpu::simd

@@ -1,7 +1,9 @@
 #pragma once
 // AVX-512F: 16 float lanes, 32 registers. bf16 -> fp32 is a shift (exact);
-// fp32 -> bf16 uses AVX512_BF16's VCVTNEPS2BF16 when the target has it and the
-// same round-to-nearest-even in integer ops otherwise; fp16 uses VCVTPH2PS /
+// fp32 -> bf16 uses AVX512_BF16's VCVTNEPS2BF16 when the target has it (round
+// to nearest even, except that it flushes fp32 subnormals, below 1.2e-38, to a
+// signed zero whatever MXCSR says) and the same rounding in integer ops
+// otherwise (subnormals kept); fp16 uses VCVTPH2PS /
 // VCVTPS2PH, which AVX-512F includes for 512-bit registers.
 #if !defined(__AVX512F__)
 #error "ism/cpu/simd/avx512.hpp needs an AVX-512F target (-mavx512f or -march=...)"
@@ -10,9 +12,11 @@
 
 #include <Eigen/Core>
 
+#include "ism/core/isa.hpp"
 #include "ism/cpu/simd/exp2_poly.hpp"
 
 namespace ism::cpu::simd {
+inline namespace ISM_SIMD_NAMESPACE {
 
 // GCC 12's plain forms of several AVX-512 intrinsics pass _mm512_undefined_*()
 // as the merge source, which trips -Wmaybe-uninitialized once inlined (GCC bug
@@ -25,10 +29,15 @@ inline constexpr __mmask16 all = 0xFFFF;
 struct Avx512 {
   static constexpr const char* name = "avx512";
   static constexpr int width = 16;
-  // 16 score accumulators (4 row vectors x 4 keys) and 16 output accumulators
-  // (4 rows x 4 dim vectors) leave half the 32 registers for operands.
+  // Register blocking of the micro-kernels (cpu/tile_ops.hpp): scores 4 row
+  // vectors x 4 keys, output 4 rows x 4 dim vectors; 16 accumulators plus 5
+  // operands of the 32 registers. 16 chains cover 2 FMA units x latency 4
+  // (Intel) and 1 double-pumped unit (Zen 4); a 64-row query tile is one
+  // score panel.
   static constexpr int s_vecs = 4, s_keys = 4, o_rows = 4, o_vecs = 4;
   using V = __m512;
+  // Keeps a loaded operand in a register ("v": any of the 32).
+  static void pin(V& x) { asm("" : "+v"(x)); }
 
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float x) { return _mm512_set1_ps(x); }
@@ -94,4 +103,5 @@ struct Avx512 {
   }
 };
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism::cpu::simd

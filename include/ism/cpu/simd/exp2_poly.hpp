@@ -9,6 +9,8 @@
 // an exponent field of 0, so 2^n is exactly +0: exp2(-inf) and every argument
 // below about -126.5 return exactly 0, never a denormal and never NaN. That is
 // what masked scores (-inf) and the "row sees nothing" guard rely on.
+#include "ism/core/isa.hpp"
+
 namespace ism::cpu::simd::exp2_poly {
 
 inline constexpr float min_arg = -127.0f;
@@ -23,6 +25,7 @@ inline constexpr float c5 = 6.931472028550421e-1f;
 
 // 2^f for f in [-1/2, 1/2], in any instruction set's vocabulary S (Horner's
 // rule on S::fma; each ISA file adds the clamp, the rounding and 2^n).
+inline namespace ISM_SIMD_NAMESPACE {
 template <class S>
 inline typename S::V polynomial(typename S::V f) {
   typename S::V p = S::set1(c0);
@@ -33,5 +36,6 @@ inline typename S::V polynomial(typename S::V f) {
   p = S::fma(p, f, S::set1(c5));
   return S::fma(p, f, S::set1(1.f));
 }
+}  // inline namespace ISM_SIMD_NAMESPACE
 
 }  // namespace ism::cpu::simd::exp2_poly

@@ -12,15 +12,21 @@
 
 #include <Eigen/Core>
 
+#include "ism/core/isa.hpp"
 #include "ism/cpu/simd/exp2_poly.hpp"
 
 namespace ism::cpu::simd {
+inline namespace ISM_SIMD_NAMESPACE {
 
 struct Neon {
   static constexpr const char* name = "neon";
   static constexpr int width = 4;
+  // Register blocking of the micro-kernels (cpu/tile_ops.hpp): 16
+  // accumulators plus 5 operands of the 32 registers, as AVX-512.
   static constexpr int s_vecs = 4, s_keys = 4, o_rows = 4, o_vecs = 4;
   using V = float32x4_t;
+  // Keeps a loaded operand in a register ("w": any of the 32 SIMD registers).
+  static void pin(V& x) { asm("" : "+w"(x)); }
 
   static V zero() { return vdupq_n_f32(0.f); }
   static V set1(float x) { return vdupq_n_f32(x); }
@@ -72,4 +78,5 @@ struct Neon {
   }
 };
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism::cpu::simd

@@ -7,9 +7,12 @@
 #include <cstdint>
 #include <cstring>
 
+#include "ism/core/element.hpp"
+#include "ism/core/isa.hpp"
 #include "ism/cpu/simd/exp2_poly.hpp"
 
 namespace ism::cpu::simd {
+inline namespace ISM_SIMD_NAMESPACE {
 
 struct Scalar {
   static constexpr const char* name = "scalar";
@@ -18,6 +21,8 @@ struct Scalar {
   // of s_vecs x s_keys, output block of o_rows x o_vecs.
   static constexpr int s_vecs = 4, s_keys = 4, o_rows = 4, o_vecs = 4;
   using V = float;
+  // The portable path needs no register pinning.
+  static void pin(V&) {}
 
   static V zero() { return 0.f; }
   static V set1(float x) { return x; }
@@ -50,10 +55,12 @@ struct Scalar {
   }
 
   // Element conversions: exact widening, round-to-nearest-even narrowing.
-  static V load(const Eigen::bfloat16* p) { return static_cast<float>(*p); }
-  static V load(const Eigen::half* p) { return static_cast<float>(*p); }
-  static void store(Eigen::bfloat16* p, V x) { *p = Eigen::bfloat16(x); }
-  static void store(Eigen::half* p, V x) { *p = Eigen::half(x); }
+  // (core/element.hpp's integer conversions, never Eigen's.)
+  static V load(const Eigen::bfloat16* p) { return to_float(*p); }
+  static V load(const Eigen::half* p) { return to_float(*p); }
+  static void store(Eigen::bfloat16* p, V x) { *p = from_float<Eigen::bfloat16>(x); }
+  static void store(Eigen::half* p, V x) { *p = from_float<Eigen::half>(x); }
 };
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism::cpu::simd
