@@ -267,8 +267,50 @@ TEST(ScoreMods, BadModifiersAreNamedAndWriteNothing) {
   expect([](AttentionOptions& o) { o.sinks = bad_sinks; }, {"options.sinks[1]"});
   expect([](AttentionOptions& o) { o.sinks = inf_sinks; }, {"options.sinks[0]"});
   expect([](AttentionOptions& o) { o.alibi_slopes = bad_slopes; }, {"options.alibi_slopes[1]"});
+  // Values that overflow once the kernels multiply them by log2(e).
+  static const float huge_sinks[] = {3e38f, 0.f}, huge_slopes[] = {0.f, -3e38f};
+  expect([](AttentionOptions& o) { o.sinks = huge_sinks; }, {"options.sinks[0]", "log2(e)"});
+  expect([](AttentionOptions& o) { o.alibi_slopes = huge_slopes; }, {"options.alibi_slopes[1]"});
+  expect([](AttentionOptions& o) { o.softcap = 3e38f; }, {"options.softcap"});
   expect([&](AttentionOptions& o) { o.sinks = p.out.buf.data(); }, {"out overlaps options.sinks"});
   expect([&](AttentionOptions& o) { o.alibi_slopes = p.out.buf.data() + 1; }, {"out overlaps options.alibi_slopes"});
+}
+
+// ALiBi's distances are exact in fp32 below 2^24 positions: a call whose
+// positions reach past that is refused rather than computed with distances
+// rounded to a few units. Just below it, rows that see their neighbours get
+// the reference's LSE: a window of 64 keys ending at each row, over 2^24 keys
+// that are all the same row of memory (stride 0: inputs may overlap), so the
+// expected LSE has a closed form.
+TEST(ScoreMods, AlibiPositionsBeyond2To24AreRefused) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  Problem<float> p(8, 64, 2, 1, 16, 0, 0);
+  p.q.fill_random(rng);
+  p.k.fill_random(rng);
+  p.v.fill_random(rng);
+  const std::vector<float> slopes{0.5f, 0.25f};
+  for (auto& x : p.out.buf) x = 7.f;
+  AttentionOptions o;
+  o.alibi_slopes = slopes.data();
+  o.q_offset = index_t(1) << 30;
+  expect_invalid([&] { ism::attention<float>(p.q.cview(), p.k.cview(), p.v.cview(), p.out.view, ism::causal_mask(), o); },
+                 {"options.alibi_slopes", "2^24"});
+  for (float x : p.out.buf) ASSERT_EQ(x, 7.f);
+
+  const index_t n_k = index_t(1) << 24, w = 64;
+  const ism::HeadsView<const float> k{p.k.buf.data(), n_k, 1, 16, 0, 16}, v{p.v.buf.data(), n_k, 1, 16, 0, 16};
+  o.q_offset = n_k - 8;
+  o.lse = p.lse.data();
+  ism::attention<float>(p.q.cview(), k, v, p.out.view, ism::sliding_window(ism::causal_mask(), w), o);
+  for (index_t h = 0; h < 2; ++h)
+    for (index_t t = 0; t < 8; ++t) {
+      double dot = 0;
+      for (index_t d = 0; d < 16; ++d) dot += double(p.q.view(t, h, d)) * double(p.k.buf[size_t(d)]);
+      double sum = 0;
+      for (index_t dist = 0; dist < w; ++dist) sum += std::exp(dot / 4.0 - double(slopes[size_t(h)]) * double(dist));
+      EXPECT_NEAR(p.lse[size_t(h * 8 + t)], std::log(sum), 1e-5) << "row " << t << " head " << h;
+    }
 }
 
 }  // namespace

@@ -80,21 +80,41 @@ inline ByteSpan float_span(const float* p, index_t n) {
   return {first, first + static_cast<std::uintptr_t>(n) * sizeof(float)};
 }
 
+// Largest absolute position (and so distance) ALiBi may see: the kernels
+// compute |i - j| in fp32 relative to a key tile, exact below 2^24. Models
+// with ALiBi (BLOOM, MPT) run far shorter contexts.
+inline constexpr index_t alibi_max_position = index_t(1) << 24;
+
+// The call's positions fit ALiBi's fp32 distances. Needs no read of the
+// slopes, so the CUDA entry (whose slopes are in device memory) calls it too.
+inline void check_alibi_positions(const char* where, const AttentionShape& s) {
+  if (s.q_offset + s.n_q > alibi_max_position || s.n_k > alibi_max_position)
+    fail(where, "options.alibi_slopes with query rows [", s.q_offset, ", ", s.q_offset + s.n_q, ") and n_k = ", s.n_k,
+         ": ALiBi distances are computed in fp32, exact only below 2^24 = ", alibi_max_position, " positions");
+}
+
 // The score modifiers of AttentionOptions: their values (O(q_heads) reads)
-// and that the output does not overlap them.
+// and that the output does not overlap them. The kernels work in log2 units,
+// so every value is checked to stay finite once multiplied by log2(e).
 inline void check_modifiers(const char* where, const AttentionOptions& opt, const AttentionShape& s,
                             const ByteSpan& out) {
-  if (!std::isfinite(opt.softcap) || opt.softcap < 0.f)
-    fail(where, "options.softcap = ", opt.softcap, " must be finite and >= 0 (0: off)");
+  constexpr float log2e = 1.4426950408889634f;
+  auto finite_in_log2 = [&](float x) { return std::isfinite(x * log2e); };
+  if (!std::isfinite(opt.softcap) || opt.softcap < 0.f || !finite_in_log2(opt.softcap))
+    fail(where, "options.softcap = ", opt.softcap, " must be finite, below FLT_MAX / log2(e), and >= 0 (0: off)");
   if (opt.softcap > 0.f && !std::isfinite(s.scale / opt.softcap))
     fail(where, "options.softcap = ", opt.softcap, " is too small for scale = ", s.scale,
          " (scale / softcap overflows)");
   for (index_t h = 0; opt.sinks && h < s.q_heads; ++h)
-    if (std::isnan(opt.sinks[h]) || opt.sinks[h] == std::numeric_limits<float>::infinity())
-      fail(where, "options.sinks[", h, "] = ", opt.sinks[h], " must be finite or -infinity (no sink)");
+    if (std::isnan(opt.sinks[h]) || opt.sinks[h] == std::numeric_limits<float>::infinity() ||
+        (opt.sinks[h] != -std::numeric_limits<float>::infinity() && !finite_in_log2(opt.sinks[h])))
+      fail(where, "options.sinks[", h, "] = ", opt.sinks[h],
+           " must be finite and below FLT_MAX / log2(e) in magnitude, or -infinity (no sink)");
   for (index_t h = 0; opt.alibi_slopes && h < s.q_heads; ++h)
-    if (!std::isfinite(opt.alibi_slopes[h]))
-      fail(where, "options.alibi_slopes[", h, "] = ", opt.alibi_slopes[h], " is not finite");
+    if (!std::isfinite(opt.alibi_slopes[h]) || !finite_in_log2(opt.alibi_slopes[h]))
+      fail(where, "options.alibi_slopes[", h, "] = ", opt.alibi_slopes[h],
+           " must be finite and below FLT_MAX / log2(e) in magnitude");
+  if (opt.alibi_slopes) check_alibi_positions(where, s);
   if (out.overlaps(float_span(opt.sinks, s.q_heads))) fail(where, "out overlaps options.sinks");
   if (out.overlaps(float_span(opt.alibi_slopes, s.q_heads))) fail(where, "out overlaps options.alibi_slopes");
 }

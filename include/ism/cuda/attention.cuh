@@ -115,6 +115,7 @@ AttentionShape check_views(const char* where, const HeadsView<Q>& q, const Heads
   host.sinks = nullptr;
   host.alibi_slopes = nullptr;
   const AttentionShape s = check_attention(where, q, k, v, out, mask, host);
+  if (opt.alibi_slopes) ism::detail::check_alibi_positions(where, s);
   if (s.dim > kMaxHeadDim)
     ism::detail::fail(where, "q.dim = ", s.dim, " exceeds the largest head dim the CUDA kernels take (", kMaxHeadDim,
                       ")");
