@@ -175,6 +175,39 @@ TEST(AttentionPlan, EmptyPlansRun) {
   for (int mode = 0; mode < run_modes; ++mode) run_plan(mode, rowless, b, {}, rng);
 }
 
+// A run whose parallel_for throws after some tasks ran leaves split-key merge
+// counts half done; the plan must still give the single call's bits next time.
+TEST(AttentionPlan, RunAfterAThrowingRunIsExact) {
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  const index_t n_k = 20000, heads = 4, kv_heads = 2, dim = 16;
+  Tensor<float> q(1, heads, dim), k(n_k, kv_heads, dim), v(n_k, kv_heads, dim), out(1, heads, dim), want(1, heads, dim);
+  for (auto* t : {&q, &k, &v}) t->fill_random(rng);
+  AttentionOptions o;
+  o.threads = 2;
+  ism::attention<float>(q.cview(), k.cview(), v.cview(), want.view, ism::causal_mask(), o);
+  ism::HostExecution budget;
+  budget.threads = 2;
+  std::vector<ism::PlanRequest> reqs{ism::plan_request({1, n_k, heads, kv_heads, dim, -1}, ism::causal_mask())};
+  AttentionPlan plan(std::move(reqs), budget);
+  ASSERT_GT(plan.tasks(), 2) << "the request must split its keys for this test to mean anything";
+  const std::vector<ism::RequestBuffers<float, ism::ContiguousKV<float>>> b{
+      {q.cview(), {k.cview(), v.cview()}, out.view, nullptr}};
+  struct Stop {};
+  for (index_t ran_first = 1; ran_first < plan.tasks(); ++ran_first) {
+    AttentionOptions throwing;
+    throwing.parallel_for = [ran_first](index_t n, const std::function<void(index_t)>& body) {
+      for (index_t i = 0; i < std::min(n, ran_first); ++i) body(i);
+      throw Stop{};
+    };
+    EXPECT_THROW(plan.run(b, throwing), Stop);
+    plan.run(b, o);
+    EXPECT_TRUE(out.buf == want.buf) << "the run after one that threw after " << ran_first << " tasks differs";
+  }
+  EXPECT_EQ(plan.request(0).shape().n_k, n_k);
+  expect_invalid([&] { (void)plan.request(1); }, {"ism::AttentionPlan::request", "i = 1"});
+}
+
 // --- bad input: a clear error naming the argument, nothing written ---------
 
 // A valid step of three requests and its plan, outputs filled with a pattern.

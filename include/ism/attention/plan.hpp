@@ -167,7 +167,10 @@ class AttentionPlan {
   AttentionPlan& operator=(AttentionPlan&&) = default;
 
   index_t size() const { return static_cast<index_t>(requests_.size()); }
-  const PlanRequest& request(index_t i) const { return requests_[static_cast<size_t>(i)]; }
+  const PlanRequest& request(index_t i) const {
+    if (i < 0 || i >= size()) detail::fail("ism::AttentionPlan::request", "i = ", i, " is outside [0, ", size(), ")");
+    return requests_[static_cast<size_t>(i)];
+  }
   index_t tasks() const { return static_cast<index_t>(schedule_.tasks().size()); }
 
   // Checks the buffers against the plan and the options (scale, softcap,
@@ -207,10 +210,18 @@ class AttentionPlan {
   }
 
   // Runs on the library's pool with opt.threads threads, or through
-  // opt.parallel_for.
+  // opt.parallel_for. A run that throws (the caller's parallel_for, an
+  // allocation failure inside a task) resets the plan's run state before the
+  // exception leaves, so the next run starts clean.
   template <class TQ, class KV>
   void run(const std::vector<RequestBuffers<TQ, KV>>& buffers, const AttentionOptions& opt = {}) {
-    bind(buffers, opt).run_all(opt);
+    const BoundRun<TQ, KV> bound = bind(buffers, opt);
+    try {
+      bound.run_all(opt);
+    } catch (...) {
+      state_.reset();
+      throw;
+    }
   }
   // Thread ith of an engine's nth workers; every one of them calls this with
   // the same buffers and options, and the run is complete when all returned.
@@ -220,8 +231,10 @@ class AttentionPlan {
     BoundRun<TQ, KV>::check_share("ism::AttentionPlan::run", ith, nth);
     bind(buffers, opt).run_share(ith, nth);
   }
-  // After a run that threw (an allocation failure inside a task), before the
-  // plan runs again.
+  // Split-key merges count finished chunks in the plan's run state, which is
+  // why one plan serves one run at a time. After a shared run (run(..., ith,
+  // nth), BoundRun) in which a task threw, call reset() once every worker has
+  // returned and before the plan runs again; run(buffers, opt) does it itself.
   void reset() { state_.reset(); }
 
  private:
