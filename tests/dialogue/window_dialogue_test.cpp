@@ -161,6 +161,49 @@ TEST(WindowDialogue, ReuseFollowsTheCombinedRule) {
   }
 }
 
+// Taking tokens back inside a query under a window: the rows of the query cut
+// short see earlier keys than anything the dialogue needed before, so the
+// rollback's own bound, not first_needed_key() of the longer dialogue, says
+// what to keep. Random dialogues: after truncate(n) every row the pending step
+// computes, and every later row, sees no key before the bound, and the bound
+// never decreases with n (keeping n's covers any later rollback point).
+TEST(WindowDialogue, RollbackKeepsWhatTheShorterDialogueNeeds) {
+  Dialogue q(DialogueMask::Ism, 3);
+  q.add_query(6).commit();
+  EXPECT_EQ(q.first_needed_key(), 4);  // the next row, 6, sees [4, 7)
+  EXPECT_EQ(ism::first_needed_key(q.attention_mask(), 4), 2);  // rows >= 4 of the longer query
+  EXPECT_EQ(q.first_needed_key_after_truncate(4), 0);           // rows 0..3 are computed again
+  EXPECT_EQ(q.first_needed_key_after_truncate(6), q.first_needed_key());
+  EXPECT_THROW((void)q.first_needed_key_after_truncate(7), ism::invalid_argument);
+
+  ISM_SEEDED_TEST_BODY(seed);
+  Rng rng(seed);
+  for (int iter = 0; iter < 60; ++iter) {
+    Dialogue d(DialogueMask::Ism, random_window(rng));
+    play_script(rng, d, 12, [&] { d.commit(); });
+    SCOPED_TRACE(::testing::Message() << "window " << d.window() << ", length " << d.length());
+    index_t previous = 0;
+    for (index_t n = 0; n <= d.length(); ++n) {
+      const index_t bound = d.first_needed_key_after_truncate(n);
+      EXPECT_GE(bound, previous) << "n = " << n;
+      previous = bound;
+      Dialogue t = d;
+      t.truncate(n);
+      const auto m = t.attention_mask();
+      for (index_t r = t.pending().q_offset; r < n; ++r) {
+        const ism::KeyRange keys = m.keys(r);
+        if (keys.begin < keys.end) {
+          EXPECT_GE(keys.begin, bound) << "n = " << n << ", row " << r;
+        }
+      }
+      if (t.rounds() > 0) t.append_answer(1);  // a later row
+      else t.add_query(1);
+      const ism::KeyRange next = t.attention_mask().keys(n);
+      EXPECT_GE(next.begin, bound) << "n = " << n << ", the next row";
+    }
+  }
+}
+
 TEST(WindowDialogue, WindowOneMakesEveryPositionASplit) {
   Dialogue d(DialogueMask::Ism, 1);
   d.system_prompt(3).add_query(4).append_answer(2);

@@ -170,9 +170,23 @@ class Dialogue {
   // nor by any row appended later: with a window the engine may drop them
   // (PagedKVCache::drop_front). Without one it is the start of the current
   // document, 0 in a dialogue. A prefix-LM dialogue recomputes everything on
-  // its next query, which then needs nothing from the cache. Taking tokens
-  // back to n needs the keys from ism::first_needed_key(attention_mask(), n).
+  // its next query, which then needs nothing from the cache.
   index_t first_needed_key() const { return ism::first_needed_key(attention_mask(), reusable()); }
+
+  // The same after truncate(n): what an engine that may still take tokens
+  // back to n (a speculative draft starting there) must keep, and no more
+  // than first_needed_key() otherwise. It can be earlier than anything the
+  // dialogue needs now: cutting a Bidirectional segment short moves its rows'
+  // ends, and so their windows, back, and those rows are computed again.
+  // Taking tokens back to any n' >= n needs no earlier key. O(length()).
+  index_t first_needed_key_after_truncate(index_t n) const {
+    if (n < 0 || n > length())
+      detail::fail("ism::Dialogue::first_needed_key_after_truncate", "n = ", n, " is outside [0, length() = ",
+                   length(), "]");
+    Dialogue d = *this;
+    d.truncate(n);
+    return d.first_needed_key();
+  }
 
   // The call that brings the cache up to date with the whole script.
   DialogueStep pending() const {
