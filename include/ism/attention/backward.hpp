@@ -19,6 +19,7 @@
 // for bit for any thread count (cpu/backward_plan.hpp).
 #include <vector>
 
+#include "ism/core/isa_vector.hpp"
 #include "ism/core/options.hpp"
 #include "ism/core/validate_backward.hpp"
 #include "ism/cpu/backward.hpp"
@@ -34,7 +35,7 @@ void attention_backward(HeadsView<const detail::type_identity_t<T>> q, HeadsView
                         HeadsView<T> dk, HeadsView<T> dv, const Mask& mask, const AttentionOptions& opt = {}) {
   const AttentionShape s =
       check_attention_backward("ism::attention_backward", q, k, v, out, dout, lse, dq, dk, dv, mask, opt);
-  std::vector<index_t> lo(static_cast<size_t>(s.n_q)), hi(lo.size());
+  isa_vector<index_t> lo(static_cast<size_t>(s.n_q)), hi(lo.size());
   fill_query_bounds(mask, s.n_q, s.n_k, s.q_offset, lo.data(), hi.data());
   const cpu::BackwardProblem<T> p{q, k, v, out, dout, lse, dq, dk, dv, s, {lo.data(), hi.data(), s.q_offset, s.n_q}};
   cpu::run_backward(p, cpu::ScoreMods{opt.softcap, opt.sinks, opt.alibi_slopes}, opt);

@@ -8,6 +8,7 @@
 namespace ism {
 
 namespace detail {
+inline namespace ISM_SIMD_NAMESPACE {
 
 template <class A, class B>
 void check_same_shape(const char* where, const char* a_name, const HeadsView<A>& a, const char* b_name,
@@ -17,7 +18,10 @@ void check_same_shape(const char* where, const char* a_name, const HeadsView<A>&
   if (a.dim != b.dim) fail(where, a_name, ".dim = ", a.dim, " differs from ", b_name, ".dim = ", b.dim);
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace detail
+
+inline namespace ISM_SIMD_NAMESPACE {
 
 // Checks every argument of attention_backward; throws ism::invalid_argument
 // naming the argument and its value. dq, dk and dv must not overlap each
@@ -77,4 +81,5 @@ AttentionShape check_attention_backward(const char* where, const HeadsView<In>& 
   return s;
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism

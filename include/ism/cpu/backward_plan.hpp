@@ -15,11 +15,15 @@
 #include <vector>
 
 #include "ism/core/config.hpp"
+#include "ism/core/isa_vector.hpp"
 #include "ism/core/shape.hpp"
 #include "ism/cpu/workspace.hpp"
 #include "ism/mask/query_bounds.hpp"
 
 namespace ism::cpu {
+// Per instruction set, like the rest of the backend (core/isa.hpp): the plan's
+// code is compiled in every translation unit that runs a backward pass.
+inline namespace ISM_SIMD_NAMESPACE {
 
 // Tasks the plan aims for (KV heads x chunks): enough for the pool to balance
 // a few threads, fixed so the plan never depends on the thread count.
@@ -69,10 +73,10 @@ class BackwardPlan {
 
     // Cut each KV head's list at equal shares of the work (the same cut for
     // every KV head: the mask is shared).
-    std::vector<index_t> prefix(static_cast<size_t>(list + 1), 0);
+    isa_vector<index_t> prefix(static_cast<size_t>(list + 1), 0);
     for (index_t p = 0; p < list; ++p) prefix[size_t(p + 1)] = prefix[size_t(p)] + tile_cost(p / s.group);
     const index_t total = prefix[size_t(list)];
-    std::vector<index_t> cut{0};
+    isa_vector<index_t> cut{0};
     for (index_t c = 1; c < per_head; ++c) {
       const index_t want = total * c / per_head;
       index_t p = static_cast<index_t>(std::lower_bound(prefix.begin(), prefix.end(), want) - prefix.begin());
@@ -109,9 +113,9 @@ class BackwardPlan {
   // whole key tiles, the padding rows zero.
   index_t key_rows() const { return key_tiles() * tile_k; }
   index_t chunks_per_head() const { return chunks_per_head_; }
-  const std::vector<BackwardChunk>& chunks() const { return chunks_; }
+  const isa_vector<BackwardChunk>& chunks() const { return chunks_; }
   // Task i of the run is chunks()[order()[i]].
-  const std::vector<index_t>& order() const { return order_; }
+  const isa_vector<index_t>& order() const { return order_; }
   index_t first_key_tile(index_t t) const { return tile_keys_[size_t(2 * t)]; }
   index_t end_key_tile(index_t t) const { return tile_keys_[size_t(2 * t + 1)]; }
   index_t tile_cost(index_t t) const { return end_key_tile(t) - first_key_tile(t); }
@@ -119,9 +123,10 @@ class BackwardPlan {
  private:
   AttentionShape shape_;
   index_t q_tiles_ = 0, chunks_per_head_ = 1;
-  std::vector<index_t> tile_keys_;
-  std::vector<BackwardChunk> chunks_;
-  std::vector<index_t> order_;
+  isa_vector<index_t> tile_keys_;
+  isa_vector<BackwardChunk> chunks_;
+  isa_vector<index_t> order_;
 };
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism::cpu

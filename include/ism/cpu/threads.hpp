@@ -18,9 +18,13 @@
 #include <thread>
 #include <vector>
 
+#include "ism/core/isa.hpp"
 #include "ism/core/options.hpp"
 
 namespace ism::cpu {
+// Per instruction set (core/isa.hpp) like the rest of the backend: a program
+// linking two instruction sets has one pool for each.
+inline namespace ISM_SIMD_NAMESPACE {
 
 inline int default_threads() {
   const unsigned n = std::thread::hardware_concurrency();
@@ -143,4 +147,5 @@ inline void parallel_for(const HostExecution& opt, index_t n, const std::functio
   ThreadPool::instance().run(n, threads, body);
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism::cpu

@@ -14,18 +14,22 @@ struct Problem {
   const float* q;
   const float* k;
   const float* v;
+  const float* dout;  // the backward pass's upstream gradient, shaped as q
 };
 
 // What one path computes: fp32 attention (and its LSE), the same in bf16
 // (inputs rounded to bf16, output widened back), and fp32 Q/out over an fp16
-// K/V cache; and whether attention_batch and AttentionPlan gave the fp32
-// output bit for bit.
+// K/V cache; whether attention_batch and AttentionPlan gave the fp32 output
+// bit for bit; and the fp32 backward pass's gradients.
 struct Outputs {
   float* out_f32;
   float* lse;
   float* out_bf16;
   float* out_mixed;
   bool entry_points_agree;
+  float* dq;
+  float* dk;
+  float* dv;
 };
 
 }  // namespace isa_link

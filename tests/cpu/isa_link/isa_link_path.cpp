@@ -60,5 +60,10 @@ extern "C" const char* ISM_ISA_LINK_ENTRY(const isa_link::Problem* p, isa_link::
                      view(planned.data(), h), nullptr});
   plan.run(buffers, opt);
   o->entry_points_agree = batched == std::vector<float>(o->out_f32, o->out_f32 + batched.size()) && planned == batched;
+
+  // The backward pass, from the fp32 forward's output and LSE.
+  ism::attention_backward<float>(view(p->q, h), view(p->k, kvh), view(p->v, kvh),
+                                 view(static_cast<const float*>(o->out_f32), h), view(p->dout, h), o->lse,
+                                 view(o->dq, h), view(o->dk, kvh), view(o->dv, kvh), mask, opt);
   return ISM_SIMD_NAME;
 }

@@ -2,7 +2,7 @@
 // compiled with -mavx2 and ISM_SIMD=avx2, and again with AVX-512 flags,
 // linked AVX-512 object first (so where both define the same inline function,
 // GNU ld keeps the AVX-512 copy). Each path must report its own instruction
-// set and match an fp64 attention computed here. This file includes no ism
+// set and match an fp64 attention (and its backward pass) computed here. This file includes no ism
 // header, so it contributes no copy of anything.
 //
 // CTest also runs this binary under `qemu-x86_64 -cpu Haswell` (when qemu-user
@@ -28,7 +28,7 @@ namespace {
 struct Case {
   int tokens = 150, heads = 4, kv_heads = 2, dim = 72;
   std::vector<int> boundaries{0, 20, 45, 46, 90, 150};
-  std::vector<float> q, k, v;
+  std::vector<float> q, k, v, dout;
   Case() {
     std::mt19937 rng(12345);
     std::uniform_real_distribution<float> u(-1.f, 1.f);
@@ -38,9 +38,12 @@ struct Case {
     for (float& x : q) x = u(rng);
     for (float& x : k) x = u(rng);
     for (float& x : v) x = u(rng);
+    dout.resize(q.size());
+    for (float& x : dout) x = u(rng);
   }
   isa_link::Problem problem() const {
-    return {tokens, heads, kv_heads, dim, int(boundaries.size()) - 1, boundaries.data(), q.data(), k.data(), v.data()};
+    return {tokens, heads, kv_heads, dim, int(boundaries.size()) - 1, boundaries.data(), q.data(), k.data(), v.data(),
+            dout.data()};
   }
   // The ISM rule written out: segments alternate Bidirectional, Causal, ...
   bool visible(int i, int j) const {
@@ -49,7 +52,42 @@ struct Case {
     while (boundaries[size_t(sj) + 1] <= j) ++sj;
     return j <= i || (si == sj && si % 2 == 0);
   }
-  // fp64 attention (scale 1/sqrt(dim)) and its LSE.
+  double qa(int i, int h, int d) const { return q[size_t((i * heads + h) * dim + d)]; }
+  double ka(int j, int g, int d) const { return k[size_t((j * kv_heads + g) * dim + d)]; }
+  double va(int j, int g, int d) const { return v[size_t((j * kv_heads + g) * dim + d)]; }
+  // fp64 attention (scale 1/sqrt(dim)), its LSE and, for the upstream
+  // gradient dout, the gradients of q, k and v.
+  void reference(std::vector<double>& out, std::vector<double>& lse, std::vector<double>& dq, std::vector<double>& dk,
+                 std::vector<double>& dv) const {
+    reference(out, lse);
+    dq.assign(q.size(), 0.0);
+    dk.assign(k.size(), 0.0);
+    dv.assign(k.size(), 0.0);
+    const int group = heads / kv_heads;
+    const double scale = 1.0 / std::sqrt(double(dim));
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < tokens; ++i) {
+        const int g = h / group;
+        double delta = 0;  // dout_i . out_i
+        for (int d = 0; d < dim; ++d)
+          delta += double(dout[size_t((i * heads + h) * dim + d)]) * out[size_t((i * heads + h) * dim + d)];
+        for (int j = 0; j < tokens; ++j) {
+          if (!visible(i, j)) continue;
+          double dot = 0, dp = 0;
+          for (int d = 0; d < dim; ++d) {
+            dot += qa(i, h, d) * ka(j, g, d);
+            dp += double(dout[size_t((i * heads + h) * dim + d)]) * va(j, g, d);
+          }
+          const double prob = std::exp(dot * scale - lse[size_t(h * tokens + i)]);
+          const double ds = prob * (dp - delta) * scale;
+          for (int d = 0; d < dim; ++d) {
+            dv[size_t((j * kv_heads + g) * dim + d)] += prob * double(dout[size_t((i * heads + h) * dim + d)]);
+            dq[size_t((i * heads + h) * dim + d)] += ds * ka(j, g, d);
+            dk[size_t((j * kv_heads + g) * dim + d)] += ds * qa(i, h, d);
+          }
+        }
+      }
+  }
   void reference(std::vector<double>& out, std::vector<double>& lse) const {
     out.assign(q.size(), 0.0);
     lse.assign(size_t(heads * tokens), 0.0);
@@ -88,13 +126,14 @@ double max_diff(const std::vector<float>& a, const std::vector<double>& b) {
 void check_path(const char* (*entry)(const isa_link::Problem*, isa_link::Outputs*), const char* want) {
   const Case c;
   std::vector<float> f32(c.q.size()), lse(size_t(c.heads * c.tokens)), bf16(c.q.size()), mixed(c.q.size());
+  std::vector<float> dq(c.q.size()), dk(c.k.size()), dv(c.k.size());
   const isa_link::Problem p = c.problem();
-  isa_link::Outputs o{f32.data(), lse.data(), bf16.data(), mixed.data(), false};
+  isa_link::Outputs o{f32.data(), lse.data(), bf16.data(), mixed.data(), false, dq.data(), dk.data(), dv.data()};
   const char* name = entry(&p, &o);
   std::printf("path %s ran\n", name);
   EXPECT_STREQ(name, want);
-  std::vector<double> ref, ref_lse;
-  c.reference(ref, ref_lse);
+  std::vector<double> ref, ref_lse, ref_dq, ref_dk, ref_dv;
+  c.reference(ref, ref_lse, ref_dq, ref_dk, ref_dv);
   // fp32 accumulation: errors of ~1e-6 here; a wrong path or a broken build
   // of one is off by 1e-2 and more. bf16 rounds inputs to 8 bits (2^-9
   // relative) and the output; fp16 K/V to 11 bits.
@@ -103,6 +142,9 @@ void check_path(const char* (*entry)(const isa_link::Problem*, isa_link::Outputs
   EXPECT_LE(max_diff(bf16, ref), 3e-2);
   EXPECT_LE(max_diff(mixed, ref), 3e-3);
   EXPECT_TRUE(o.entry_points_agree) << "attention_batch or AttentionPlan differs from ism::attention";
+  EXPECT_LE(max_diff(dq, ref_dq), 1e-4);
+  EXPECT_LE(max_diff(dk, ref_dk), 1e-4);
+  EXPECT_LE(max_diff(dv, ref_dv), 1e-4);
 }
 
 // ISM_ISA_LINK_REQUIRE=avx2 (or avx512, or both, comma-separated) makes a path
