@@ -366,6 +366,18 @@ TEST(AttentionPlan, RejectsBadPagedBuffers) {
   b = good;
   b[2].out = {const_cast<float*>(pool.kp.data()), 9, 4, 16, 64, 16};
   fx.expect_rejected([&] { fx.plan.run(b); }, {"out overlaps kv.k_pages"});
+  // The block table is read while outputs are written: its own request's and
+  // every other request's outputs must stay off it.
+  b = good;
+  std::vector<std::int32_t> table1(pool.tables[1].begin(), pool.tables[1].end());
+  table1.resize(table1.size() + 64);  // room for the LSE laid over it
+  b[1].kv = {pool.kp.data(), pool.vp.data(), pool.num_pages, pool.page_size, 2, 16, table1.data(), 1100};
+  auto own = b;
+  own[1].lse = reinterpret_cast<float*>(table1.data());
+  fx.expect_rejected([&] { fx.plan.run(own); }, {"options.lse overlaps kv.block_table"});
+  auto other = b;
+  other[2].lse = reinterpret_cast<float*>(table1.data());
+  fx.expect_rejected([&] { fx.plan.run(other); }, {"requests[2].lse overlaps requests[1].kv.block_table"});
   fx.plan.run(good);
   EXPECT_TRUE(fx.d.bits() != fx.before);  // the good buffers do run
 }

@@ -270,6 +270,45 @@ TEST(EmulatedCudaRuntime, PointerChecksAreOptIn) {
   cudaFree(buf);
 }
 
+// Bounds in memory are checked through a window too (a window over a
+// DeviceMask is sliding_window(device_mask.policy(), w)): null bounds always,
+// host bounds with check_pointers.
+TEST(EmulatedCudaRuntime, WindowsOverBoundsInMemoryAreChecked) {
+  using T = Eigen::half;
+  const index_t n = 20, dim = 64;
+  Tensor<T> q(n, 1, dim), k(n, 1, dim), v(n, 1, dim), out(n, 1, dim);
+  const ism::RowBoundsMask null_bounds{nullptr, nullptr, n};
+  ism_test::expect_invalid(
+      [&] {
+        ism::cuda::attention<T>(q.cview(), k.cview(), v.cview(), out.view, ism::sliding_window(null_bounds, 4), {},
+                                nullptr, {}, ism_cuda_test::NativeVariants{});
+      },
+      {"null bounds"});
+  // Views in emulated device memory, bounds left in host memory.
+  void* buf = nullptr;
+  const size_t elems = q.buf.size();
+  ASSERT_EQ(cudaMalloc(&buf, 4 * elems * sizeof(T)), cudaSuccess);
+  T* d = static_cast<T*>(buf);
+  auto on_device = [&](const Tensor<T>& t, size_t i) {
+    std::copy(t.buf.begin(), t.buf.end(), d + i * elems);
+    auto view = t.view;
+    view.data = d + i * elems;
+    return view;
+  };
+  const auto dq = on_device(q, 0), dk = on_device(k, 1), dv = on_device(v, 2), dout = on_device(out, 3);
+  const ism::SegmentMask host = ism::ism_mask({0, 7, 12, 20});
+  ism::cuda::LaunchOptions checked;
+  checked.check_pointers = true;
+  ism_test::expect_invalid(
+      [&] {
+        ism::cuda::attention<T>(ism::as_const(dq), ism::as_const(dk), ism::as_const(dv), dout,
+                                ism::sliding_window(host.bounds(), 4), {}, nullptr, checked,
+                                ism_cuda_test::NativeVariants{});
+      },
+      {"mask.lo", "not device memory"});
+  cudaFree(buf);
+}
+
 // A call that needs a kernel its Variants leave out is refused, naming it,
 // before anything runs.
 TEST(EmulatedCudaRuntime, VariantsLeftOutAreRefused) {

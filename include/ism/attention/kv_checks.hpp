@@ -9,6 +9,7 @@
 #include "ism/kv/paged_view.hpp"
 
 namespace ism::detail {
+inline namespace ISM_SIMD_NAMESPACE {
 
 struct CheckedCall {
   AttentionShape shape;
@@ -21,7 +22,7 @@ CheckedCall check_call(const char* where, HeadsView<const TQ> q, const Contiguou
   CheckedCall c;
   c.shape = check_attention(where, q, kv.k, kv.v, out, mask, opt);
   c.spans = {check_view(where, "q", q), check_view(where, "k", kv.k), check_view(where, "v", kv.v),
-             check_view(where, "out", out), float_span(opt.lse, c.shape.q_heads * c.shape.n_q)};
+             check_view(where, "out", out), float_span(opt.lse, c.shape.q_heads * c.shape.n_q), ByteSpan{}};
   return c;
 }
 
@@ -49,8 +50,13 @@ CheckedCall check_call(const char* where, HeadsView<const TQ> q, const PagedKV<T
   c.shape = check_attention(where, q, k_rows, v_rows, out, mask, opt);
   const ByteSpan sl = float_span(opt.lse, c.shape.q_heads * c.shape.n_q);
   if (sl.overlaps(pools.first) || sl.overlaps(pools.second)) fail(where, "options.lse overlaps an input");
-  c.spans = {sq, pools.first, pools.second, so, sl};
+  // The table is read while out and lse are written.
+  const ByteSpan st = block_table_span(kv);
+  if (so.overlaps(st)) fail(where, "out overlaps kv.block_table");
+  if (sl.overlaps(st)) fail(where, "options.lse overlaps kv.block_table");
+  c.spans = {sq, pools.first, pools.second, so, sl, st};
   return c;
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace ism::detail

@@ -8,14 +8,18 @@
 #include <vector>
 
 #include "ism/core/errors.hpp"
+#include "ism/core/isa.hpp"
 #include "ism/core/options.hpp"
 #include "ism/core/query_window.hpp"
 #include "ism/core/shape.hpp"
 #include "ism/core/views.hpp"
 
 namespace ism {
+// Per instruction set (core/isa.hpp): these templates are compiled in every
+// translation unit that calls ism, with its flags.
 
 namespace detail {
+inline namespace ISM_SIMD_NAMESPACE {
 
 // Byte range [first, last) a view touches; checks that it is addressable.
 struct ByteSpan {
@@ -69,9 +73,11 @@ void check_rows_distinct(const char* where, const char* name, const HeadsView<T>
          "): every (token, head) row written must have memory of its own");
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace detail
 
 namespace detail {
+inline namespace ISM_SIMD_NAMESPACE {
 
 // Byte range of n floats at p (empty for a null p).
 inline ByteSpan float_span(const float* p, index_t n) {
@@ -119,7 +125,10 @@ inline void check_modifiers(const char* where, const AttentionOptions& opt, cons
   if (out.overlaps(float_span(opt.alibi_slopes, s.q_heads))) fail(where, "out overlaps options.alibi_slopes");
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace detail
+
+inline namespace ISM_SIMD_NAMESPACE {
 
 // Checks every argument of an attention call; throws ism::invalid_argument
 // naming the argument and its value. Out must not overlap q, k, v or lse
@@ -183,12 +192,16 @@ AttentionShape check_attention(const char* where, const HeadsView<Q>& q, const H
   return s;
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
+
 namespace detail {
+inline namespace ISM_SIMD_NAMESPACE {
 
 // The memory one request of a batch reads (q, k, v: for a paged cache its
-// pools) and writes (out, lse).
+// pools, and its block table) and writes (out, lse).
 struct RequestSpans {
   ByteSpan q, k, v, out, lse;
+  ByteSpan table;  // a paged cache's block table (empty otherwise)
 };
 
 // Requests of one batch run at the same time, so no request may write memory
@@ -212,6 +225,7 @@ void check_requests_disjoint(const char* where, const Requests& requests) {
     all.push_back({r.q, i, "q"});
     all.push_back({r.k, i, "k"});
     all.push_back({r.v, i, "v"});
+    all.push_back({r.table, i, "kv.block_table"});
   }
   all.insert(all.end(), written.begin(), written.end());
   written.erase(std::remove_if(written.begin(), written.end(), [](const Span& s) { return s.bytes.empty(); }),
@@ -233,6 +247,7 @@ void check_requests_disjoint(const char* where, const Requests& requests) {
   }
 }
 
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace detail
 
 }  // namespace ism

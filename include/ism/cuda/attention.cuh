@@ -26,6 +26,7 @@
 #include "ism/kv/paged_view.hpp"
 #include "ism/mask/segment_mask.hpp"
 #include "ism/mask/simple_masks.hpp"
+#include "ism/mask/sliding_window.hpp"
 
 namespace ism::cuda {
 
@@ -86,12 +87,20 @@ inline void check_mask_pointers(const char* where, const RowBoundsMask& m) {
   check_device_pointer(where, "mask.lo (keep a SegmentMask in an ism::cuda::DeviceMask)", m.lo);
   check_device_pointer(where, "mask.hi (keep a SegmentMask in an ism::cuda::DeviceMask)", m.hi);
 }
+template <class M>
+void check_mask_pointers(const char* where, const SlidingWindowMask<M>& m) {
+  check_mask_pointers(where, m.inner);
+}
 // A policy with bounds in memory must have them.
 template <class M>
 void check_mask_value(const char*, const M&) {}
 inline void check_mask_value(const char* where, const RowBoundsMask& m) {
   if (m.n > 0 && (m.lo == nullptr || m.hi == nullptr))
     ism::detail::fail(where, "mask has length ", m.n, " but null bounds");
+}
+template <class M>
+void check_mask_value(const char* where, const SlidingWindowMask<M>& m) {
+  check_mask_value(where, m.inner);
 }
 
 template <class T>
@@ -177,8 +186,12 @@ AttentionShape check_paged(const char* where, const HeadsView<const T>& q, const
   if (so.overlaps(pools.second)) ism::detail::fail(where, "out overlaps kv.v_pages");
   const auto sl = ism::detail::float_span(opt.lse, s.q_heads * s.n_q);
   if (sl.overlaps(pools.first) || sl.overlaps(pools.second)) ism::detail::fail(where, "options.lse overlaps kv");
+  // The table (device memory) is read while out and lse are written.
+  const auto st = ism::detail::block_table_span(kv);
+  if (so.overlaps(st)) ism::detail::fail(where, "out overlaps kv.block_table");
+  if (sl.overlaps(st)) ism::detail::fail(where, "options.lse overlaps kv.block_table");
   if (spans != nullptr)
-    *spans = {ism::detail::check_view(where, "q", q), pools.first, pools.second, so, sl};
+    *spans = {ism::detail::check_view(where, "q", q), pools.first, pools.second, so, sl, st};
   return s;
 }
 
@@ -380,7 +393,7 @@ auto batch_item(const char* where, const AttentionRequest<T, Mask>& r, const Att
   const auto policy = device_policy(*r.mask);
   *shape = check_views(where, r.q, r.k, r.v, r.out, policy, o);
   *spans = {check_view(where, "q", r.q), check_view(where, "k", r.k), check_view(where, "v", r.v),
-            check_view(where, "out", r.out), float_span(r.lse, shape->q_heads * shape->n_q)};
+            check_view(where, "out", r.out), float_span(r.lse, shape->q_heads * shape->n_q), ism::detail::ByteSpan{}};
   *vec = vec_ok(r.q) && vec_ok(r.k) && vec_ok(r.v) && vec_ok(r.out);
   using E = device_element_t<T>;
   return make_request<E>(r.q.data, strides(r.q), r.out.data, strides(r.out), r.lse, contiguous_source<E>(r.k, r.v),

@@ -66,6 +66,7 @@ class PagedKV {
 };
 
 namespace detail {
+inline namespace ISM_SIMD_NAMESPACE {  // compiled per instruction set (core/isa.hpp)
 
 // A pool of num_pages pages seen as one [num_pages * page_size, heads, dim]
 // view: the byte range the pages occupy, for the overlap checks.
@@ -110,6 +111,16 @@ std::pair<ByteSpan, ByteSpan> check_paged_kv(const char* where, const PagedKV<T,
   return {k, v};
 }
 
+// The bytes of the block table entries a call reads (empty without tokens).
+// Call after check_paged_kv, which checked that they exist.
+template <class T, class I>
+ByteSpan block_table_span(const PagedKV<T, I>& kv) {
+  if (kv.tokens() == 0) return {};
+  const auto first = reinterpret_cast<std::uintptr_t>(kv.block_table());
+  return {first, first + static_cast<std::uintptr_t>(kv.num_blocks()) * sizeof(I)};
+}
+
+}  // inline namespace ISM_SIMD_NAMESPACE
 }  // namespace detail
 
 }  // namespace ism
