@@ -10,6 +10,7 @@
 // ISM, prefix and sliding-window requests. Filling it costs one keys() call
 // per query row, O(n_q), nothing next to the attention of those rows.
 #include "ism/core/config.hpp"
+#include "ism/core/isa.hpp"
 #include "ism/mask/tile_kind.hpp"
 
 namespace ism {
@@ -26,8 +27,13 @@ struct QueryBounds {
   ISM_HOST_DEVICE index_t length() const { return unbounded; }
 };
 
+inline namespace ISM_SIMD_NAMESPACE {
+
 // lo[t], hi[t] for t in [0, n_q): the keys of row q_offset + t within [0, n_k].
-// The window must have been checked (core/query_window.hpp).
+// The window must have been checked (core/query_window.hpp). In the
+// per-instruction-set namespace (core/isa.hpp): compiled with AVX-512 flags
+// its loop may use AVX-512VL instructions (vpmaxsq on xmm registers), which
+// an AVX2 translation unit must never be handed.
 template <class Mask>
 void fill_query_bounds(const Mask& mask, index_t n_q, index_t n_k, index_t q_offset, index_t* lo, index_t* hi) {
   for (index_t t = 0; t < n_q; ++t) {
@@ -36,5 +42,7 @@ void fill_query_bounds(const Mask& mask, index_t n_q, index_t n_k, index_t q_off
     hi[t] = r.end;
   }
 }
+
+}  // inline namespace ISM_SIMD_NAMESPACE
 
 }  // namespace ism
